@@ -1,0 +1,230 @@
+//! CPU identity: which CPU this thread is on, and how many CPU ids exist.
+//!
+//! The answer comes from one of three backends, chosen once per process:
+//!
+//! - [`Backend::Rseq`]: the `cpu_id` the kernel keeps in the thread's rseq
+//!   area (a load from thread-local memory, about 1 ns). On x86_64 this
+//!   backend also runs per-CPU updates as restartable sequences.
+//! - [`Backend::Getcpu`]: `sched_getcpu()`.
+//! - [`Backend::Fallback`]: no CPU id from the system; each thread gets a
+//!   stable stripe, handed out round-robin.
+//!
+//! The environment variable `CPULOCAL_BACKEND=rseq|getcpu|fallback`, read
+//! once, forces a backend (if the forced one is unavailable, the next one
+//! down the list is used). This is how the test suite exercises every path.
+
+use std::cell::Cell;
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use crate::sys;
+
+/// Where [`current`] gets the CPU id from. See the [module docs](self).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// The kernel's rseq area (Linux 4.18+); per-CPU updates are restartable
+    /// sequences where the architecture has them (x86_64).
+    Rseq,
+    /// `sched_getcpu()`; per-CPU updates are atomic read-modify-writes.
+    Getcpu,
+    /// A stable per-thread stripe; per-CPU updates are atomic.
+    Fallback,
+}
+
+impl Backend {
+    /// The name `CPULOCAL_BACKEND` accepts for this backend.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Rseq => "rseq",
+            Backend::Getcpu => "getcpu",
+            Backend::Fallback => "fallback",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+struct Info {
+    count: usize,
+    backend: Backend,
+}
+
+/// [`count`], readable without the `OnceLock` check (0 until detected).
+static COUNT: AtomicUsize = AtomicUsize::new(0);
+
+fn info() -> &'static Info {
+    static INFO: OnceLock<Info> = OnceLock::new();
+    INFO.get_or_init(detect)
+}
+
+fn detect() -> Info {
+    let possible = sys::possible_cpus();
+    let count = possible.unwrap_or_else(sys::configured_cpus).max(1);
+    let forced = std::env::var("CPULOCAL_BACKEND").ok();
+    let start = match forced.as_deref().map(str::trim) {
+        None | Some("") | Some("auto") | Some("rseq") => Backend::Rseq,
+        Some("getcpu") => Backend::Getcpu,
+        Some("fallback") => Backend::Fallback,
+        Some(other) => {
+            eprintln!(
+                "cpulocal: ignoring CPULOCAL_BACKEND={other:?} (expected rseq, getcpu or fallback)"
+            );
+            Backend::Rseq
+        }
+    };
+    // rseq ids are trusted unchecked by the restartable sequences, so that
+    // backend needs the exact possible-CPU count.
+    let rseq_ok = || possible.is_some() && sys::rseq::probe();
+    let getcpu_ok = || sys::getcpu().is_some_and(|cpu| cpu < count);
+    let backend = match start {
+        Backend::Rseq if rseq_ok() => Backend::Rseq,
+        Backend::Rseq | Backend::Getcpu if getcpu_ok() => Backend::Getcpu,
+        _ => Backend::Fallback,
+    };
+    COUNT.store(count, Ordering::Relaxed);
+    Info { count, backend }
+}
+
+/// The backend this process uses. See the [module docs](self).
+///
+/// ```
+/// let b = cpulocal::cpu::backend();
+/// println!("CPU ids come from {b}");
+/// ```
+pub fn backend() -> Backend {
+    info().backend
+}
+
+/// The number of CPU ids: one more than the highest *possible* CPU id, so
+/// CPUs that come online later already have their slot. Every value
+/// [`current`] returns is below it.
+///
+/// ```
+/// assert!(cpulocal::cpu::current() < cpulocal::cpu::count());
+/// ```
+pub fn count() -> usize {
+    info().count
+}
+
+/// The CPU this thread is running on now.
+///
+/// A hint: the thread may be moved to another CPU as soon as this returns.
+/// Always below [`count`].
+///
+/// ```
+/// let cpu = cpulocal::cpu::current();
+/// assert!(cpu < cpulocal::cpu::count());
+/// ```
+#[inline]
+pub fn current() -> usize {
+    if let Some(area) = sys::rseq::current_area() {
+        let cpu = sys::rseq::cpu_id(area) as usize;
+        if cpu < COUNT.load(Ordering::Relaxed) {
+            return cpu;
+        }
+    }
+    current_slow()
+}
+
+#[inline(never)]
+fn current_slow() -> usize {
+    let info = info();
+    if info.backend == Backend::Rseq {
+        if let Some(area) = sys::rseq::register_current_thread() {
+            let cpu = sys::rseq::cpu_id(area) as usize;
+            if cpu < info.count {
+                return cpu;
+            }
+        }
+    }
+    if info.backend != Backend::Fallback {
+        if let Some(cpu) = sys::getcpu() {
+            return cpu % info.count;
+        }
+    }
+    stripe(info.count)
+}
+
+/// A stable per-thread stripe, for when the system gives no CPU id.
+fn stripe(count: usize) -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    let s = STRIPE.try_with(Cell::get).unwrap_or(0);
+    if s != usize::MAX {
+        return s % count;
+    }
+    let s = NEXT.fetch_add(1, Ordering::Relaxed);
+    let _ = STRIPE.try_with(|c| c.set(s));
+    s % count
+}
+
+/// Where a per-CPU update by the calling thread goes.
+#[derive(Clone, Copy)]
+pub(crate) enum Place {
+    /// Run a restartable sequence: it picks the CPU's slot itself. Slots
+    /// below [`count`] are then only ever updated this way.
+    Rseq(NonNull<sys::rseq::Area>),
+    /// Update this slot with an atomic read-modify-write.
+    Slot(usize),
+}
+
+/// The slot past the CPUs: when the process runs restartable sequences, a
+/// thread that cannot (its rseq area is gone, in thread-exit destructors)
+/// updates this slot atomically, never a CPU's slot, since a plain `add`
+/// racing a locked one loses an update.
+pub(crate) fn spill_slot() -> usize {
+    count()
+}
+
+/// Slots every per-CPU object has: one per CPU id, plus [`spill_slot`].
+pub(crate) fn slots() -> usize {
+    count() + 1
+}
+
+/// Where the calling thread's per-CPU update goes. See [`Place`].
+#[inline]
+pub(crate) fn place() -> Place {
+    if sys::rseq::HAS_PERCPU_OPS {
+        if let Some(area) = sys::rseq::current_area() {
+            return Place::Rseq(area);
+        }
+    }
+    place_slow()
+}
+
+#[inline(never)]
+fn place_slow() -> Place {
+    if !sys::rseq::HAS_PERCPU_OPS || backend() != Backend::Rseq {
+        return Place::Slot(current());
+    }
+    match sys::rseq::register_current_thread() {
+        Some(area) => Place::Rseq(area),
+        None => Place::Slot(spill_slot()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn current_is_below_count() {
+        for _ in 0..1000 {
+            assert!(current() < count());
+        }
+    }
+
+    #[test]
+    fn count_covers_online_cpus() {
+        let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!(count() >= online, "count {} < online {online}", count());
+    }
+}
