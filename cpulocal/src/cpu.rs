@@ -15,6 +15,7 @@
 
 use std::cell::Cell;
 use std::fmt;
+use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -164,6 +165,42 @@ fn stripe(count: usize) -> usize {
     let s = NEXT.fetch_add(1, Ordering::Relaxed);
     let _ = STRIPE.try_with(|c| c.set(s));
     s % count
+}
+
+/// The CPUs this process may run on (its main thread's affinity mask),
+/// ascending.
+///
+/// ```
+/// let cpus = cpulocal::cpu::allowed().unwrap();
+/// assert!(!cpus.is_empty() && cpus.iter().all(|&c| c < cpulocal::cpu::count()));
+/// ```
+pub fn allowed() -> io::Result<Vec<usize>> {
+    sys::affinity::process_allowed(count())
+}
+
+/// Restricts the calling thread to the CPUs in `cpus` (`sched_setaffinity`).
+///
+/// Fails (changing nothing) if `cpus` is empty, names an id at or above
+/// [`count`], or the system refuses.
+///
+/// ```
+/// let cpus = cpulocal::cpu::allowed().unwrap();
+/// cpulocal::cpu::set_affinity(&cpus[..1]).unwrap();
+/// assert_eq!(cpulocal::cpu::current(), cpus[0]);
+/// cpulocal::cpu::set_affinity(&cpus).unwrap();
+/// assert!(cpulocal::cpu::set_affinity(&[]).is_err());
+/// ```
+pub fn set_affinity(cpus: &[usize]) -> io::Result<()> {
+    if cpus.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty CPU set"));
+    }
+    if let Some(bad) = cpus.iter().find(|&&c| c >= count()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("CPU {bad} is not below cpu::count() = {}", count()),
+        ));
+    }
+    sys::affinity::set_current(cpus)
 }
 
 /// Where a per-CPU update by the calling thread goes.

@@ -21,12 +21,14 @@ mod arena;
 mod counter;
 pub mod cpu;
 mod cpu_local;
+pub mod ops;
 pub mod percpu;
 mod region;
 mod rwlock;
 mod sys;
+pub mod xcall;
 
 pub use counter::Counter;
 pub use cpu_local::{CpuLocal, CpuLocalGuard};
 pub use percpu::AllocError;
-pub use rwlock::RwLock;
+pub use rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};

@@ -1,0 +1,1 @@
+//! Typed per-CPU operations on raw storage. (Being written.)

@@ -1,0 +1,1 @@
+//! Cross-calls: run a function on a chosen CPU. (Being written.)
