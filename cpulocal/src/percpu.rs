@@ -59,6 +59,33 @@ impl fmt::Display for AllocError {
 
 impl Error for AllocError {}
 
+/// Memory use of the per-CPU regions, the same in every CPU's region.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Bytes of each region that are readable and writable. They cost memory
+    /// only where touched.
+    pub committed: usize,
+    /// Bytes of each region held by live allocations.
+    pub in_use: usize,
+    /// Bytes of address space reserved for each region.
+    pub reserved: usize,
+}
+
+/// The current memory use of the per-CPU regions.
+///
+/// ```
+/// let before = cpulocal::percpu::stats();
+/// let p = cpulocal::percpu::Percpu::alloc(64).unwrap();
+/// let after = cpulocal::percpu::stats();
+/// assert!(after.in_use >= 64 && after.committed >= after.in_use);
+/// # drop((before, p));
+/// ```
+pub fn stats() -> Stats {
+    let (committed, in_use) = region::usage();
+    Stats { committed, in_use, reserved: region::UNIT }
+}
+
 /// `size` bytes, zero-filled, that exist once for every CPU id.
 ///
 /// ```
@@ -92,8 +119,8 @@ unsafe impl Send for Percpu {}
 unsafe impl Sync for Percpu {}
 
 impl Percpu {
-    /// Allocates `size` zeroed bytes per CPU, aligned to the largest power of
-    /// two that is at most 16 and at most `size.next_power_of_two()`.
+    /// Allocates `size` zeroed bytes per CPU, aligned to
+    /// `min(size.next_power_of_two(), 16)`.
     ///
     /// ```
     /// let p = cpulocal::percpu::Percpu::alloc(24).unwrap();

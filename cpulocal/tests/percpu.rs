@@ -1,0 +1,209 @@
+//! The untyped percpu(9) surface: allocation, zeroing, overlap, growth and
+//! bad input.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Barrier;
+
+use cpulocal::cpu;
+use cpulocal::percpu::{self, AllocError, Percpu};
+
+/// A small deterministic generator, so failures reproduce.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Checks that every CPU's copy of `p` holds `byte` in every position.
+fn check_all(p: &Percpu, byte: u8, what: &str) {
+    p.foreach(|cpu, ptr| {
+        // SAFETY: `size()` bytes at `ptr` are this test's allocation.
+        let bytes = unsafe { std::slice::from_raw_parts(ptr, p.size()) };
+        if let Some(i) = bytes.iter().position(|&b| b != byte) {
+            panic!("{what}: CPU {cpu} byte {i} of {} is {:#x}, want {byte:#x}", p.size(), bytes[i]);
+        }
+    });
+}
+
+fn fill_all(p: &Percpu, byte: u8) {
+    // SAFETY: `size()` bytes at `ptr` are this test's allocation.
+    p.foreach(|_, ptr| unsafe { ptr.write_bytes(byte, p.size()) });
+}
+
+/// Many threads allocate and free concurrently. Every fresh allocation must
+/// read zero on every CPU (also when it reuses freed space), and each thread
+/// writes its own pattern into all its live copies and checks it later: an
+/// overlap with any other live allocation would overwrite one of them.
+#[test]
+fn concurrent_alloc_free_zeroed_and_disjoint() {
+    let threads = 4;
+    let rounds = common::scaled(3000);
+    let barrier = Barrier::new(threads);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let barrier = &barrier;
+            s.spawn(move || {
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (t as u64 + 1));
+                let mut live: Vec<(Percpu, u8)> = Vec::new();
+                barrier.wait();
+                for round in 0..rounds {
+                    if live.len() < 32 && rng.below(3) != 0 {
+                        let size = 1 + rng.below(300) as usize;
+                        let align = 1 << rng.below(8);
+                        let p = Percpu::alloc_aligned(size, align).expect("alloc");
+                        assert_eq!(p.size(), size);
+                        assert_eq!(p.get_remote(0).unwrap() as usize % align, 0, "misaligned");
+                        check_all(&p, 0, "fresh allocation");
+                        let byte = (t as u8 + 1) | ((round as u8) << 3);
+                        fill_all(&p, byte);
+                        live.push((p, byte));
+                    } else if !live.is_empty() {
+                        let i = rng.below(live.len() as u64) as usize;
+                        let (p, byte) = live.swap_remove(i);
+                        check_all(&p, byte, "live allocation before free");
+                    }
+                }
+                for (p, byte) in &live {
+                    check_all(p, *byte, "live allocation at the end");
+                }
+            });
+        }
+    });
+}
+
+/// Freed space is reused, and reads zero again when it is.
+#[test]
+fn reused_space_reads_zero() {
+    for _ in 0..100 {
+        let p = Percpu::alloc(40).unwrap();
+        check_all(&p, 0, "allocation");
+        fill_all(&p, 0xa5);
+    }
+}
+
+/// Updates racing with growth are never lost, and traversals stay valid,
+/// while another thread makes the regions grow by many megabytes.
+#[test]
+fn growth_loses_no_update_and_traversals_stay_safe() {
+    // Alone in a process, so that the regions really grow.
+    if !common::is_child() {
+        return common::in_child("growth_loses_no_update_and_traversals_stay_safe", &[]);
+    }
+    let counter = Percpu::alloc_aligned(8, 8).unwrap();
+    let word = |ptr: *mut u8| {
+        // SAFETY: 8 aligned bytes of `counter`, used only atomically.
+        unsafe { AtomicU64::from_ptr(ptr.cast()) }
+    };
+    let committed_before = percpu::stats().committed;
+    let done = AtomicBool::new(false);
+    let adds = common::scaled(200_000);
+    let grown = std::thread::scope(|s| {
+        let grower = s.spawn(|| {
+            // 16 MiB per CPU in 4 KiB pieces: hundreds of commits.
+            let held: Vec<Percpu> = (0..4096).map(|_| Percpu::alloc(4096).unwrap()).collect();
+            done.store(true, Ordering::Release);
+            held.len()
+        });
+        let walker = s.spawn(|| {
+            let mut walks = 0u64;
+            while !done.load(Ordering::Acquire) {
+                let mut sum = 0;
+                counter.foreach(|_, p| sum += word(p).load(Ordering::Relaxed));
+                assert!(sum <= 2 * adds as u64);
+                walks += 1;
+            }
+            walks
+        });
+        for _ in 0..2 {
+            s.spawn(|| {
+                for _ in 0..adds {
+                    word(counter.getref().as_ptr()).fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        let grown = grower.join().unwrap();
+        assert!(walker.join().unwrap() > 0);
+        grown
+    });
+    assert_eq!(grown, 4096);
+    let mut sum = 0;
+    counter.foreach(|_, p| sum += word(p).load(Ordering::Relaxed));
+    assert_eq!(sum, 2 * adds as u64, "an update was lost while the regions grew");
+    assert!(percpu::stats().committed > committed_before, "the regions did not grow");
+}
+
+/// 1,000,000 eight-byte objects cost 8 MB per CPU, not a page or a cache
+/// line each.
+#[test]
+fn a_million_counters_are_dense() {
+    // Alone in a process: the statistics are process-wide.
+    if !common::is_child() {
+        return common::in_child("a_million_counters_are_dense", &[]);
+    }
+    let before = percpu::stats();
+    let n = common::scaled(1_000_000);
+    let all: Vec<Percpu> = (0..n).map(|_| Percpu::alloc(8).unwrap()).collect();
+    let after = percpu::stats();
+    let grew = after.in_use - before.in_use;
+    assert!(grew >= 8 * n && grew < 8 * n + 8 * n / 10, "in use grew by {grew} for {n} objects");
+    assert!(after.committed <= after.in_use * 2 + (1 << 20), "committed {after:?}");
+    // Consecutive objects are 8 bytes apart in each region.
+    let a = all[n / 2].get_remote(0).unwrap() as usize;
+    let b = all[n / 2 + 1].get_remote(0).unwrap() as usize;
+    assert_eq!(a.abs_diff(b), 8, "objects are not packed");
+}
+
+#[test]
+fn bad_input_is_an_error() {
+    assert_eq!(Percpu::alloc(0).unwrap_err(), AllocError::ZeroSize);
+    assert_eq!(Percpu::alloc_aligned(8, 0).unwrap_err(), AllocError::BadAlign { align: 0 });
+    assert_eq!(Percpu::alloc_aligned(8, 24).unwrap_err(), AllocError::BadAlign { align: 24 });
+    assert_eq!(Percpu::alloc_aligned(8, 8192).unwrap_err(), AllocError::BadAlign { align: 8192 });
+    let reserved = percpu::stats().reserved;
+    assert!(matches!(Percpu::alloc(usize::MAX), Err(AllocError::TooLarge { .. })));
+    assert!(matches!(Percpu::alloc(reserved + 1), Err(AllocError::TooLarge { .. })));
+    // Messages say what was wrong.
+    assert!(AllocError::BadAlign { align: 24 }.to_string().contains("24"));
+    // The failures lost nothing: allocation still works and reads zero.
+    let p = Percpu::alloc(16).unwrap();
+    check_all(&p, 0, "after errors");
+    assert!(p.get_remote(cpu::count()).is_none());
+    assert!(p.get_remote(usize::MAX).is_none());
+}
+
+/// An allocation bigger than what is left fails cleanly, and everything
+/// allocated before keeps working.
+#[test]
+fn exhausting_a_region_is_an_error_not_a_crash() {
+    let reserved = percpu::stats().reserved;
+    let keep = Percpu::alloc(8).unwrap();
+    fill_all(&keep, 7);
+    let err = Percpu::alloc(reserved - 4096).err();
+    // It fits only if the region is nearly empty; either way nothing breaks.
+    if let Some(e) = err {
+        assert!(matches!(e, AllocError::TooLarge { .. }), "{e}");
+    }
+    check_all(&keep, 7, "earlier allocation");
+}
+
+#[test]
+fn getref_points_at_the_current_cpu_copy() {
+    let p = Percpu::alloc(8).unwrap();
+    let cpus = cpu::allowed().unwrap();
+    for (step, _) in cpus.iter().enumerate() {
+        common::hop(&cpus, step);
+        let r = p.getref();
+        assert_eq!(r.cpu(), cpus[step % cpus.len()]);
+        assert_eq!(r.as_ptr(), p.get_remote(r.cpu()).unwrap());
+    }
+    cpu::set_affinity(&cpus).unwrap();
+}
