@@ -32,3 +32,8 @@ pub use counter::Counter;
 pub use cpu_local::{CpuLocal, CpuLocalGuard};
 pub use percpu::AllocError;
 pub use rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
