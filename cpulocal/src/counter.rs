@@ -1,11 +1,8 @@
 //! [`Counter`]: a per-CPU event counter (NetBSD's per-CPU evcnt).
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::cpu::{self, Place};
-use crate::percpu::Percpu;
-use crate::sys;
+use crate::ops::PercpuU64;
 
 /// A counter whose updates touch only the current CPU's 8 bytes.
 ///
@@ -13,7 +10,8 @@ use crate::sys;
 /// sequence ending in a plain `add` (no lock prefix); elsewhere it is an
 /// atomic add on the current CPU's word. [`sum`](Self::sum) walks every CPU.
 /// Arithmetic wraps, so adding on one CPU and subtracting on another sums
-/// correctly.
+/// correctly. Eight bytes per CPU, unpadded: each CPU's word lives in that
+/// CPU's own region (a [`PercpuU64`] underneath).
 ///
 /// ```
 /// let hits = cpulocal::Counter::new();
@@ -25,7 +23,7 @@ use crate::sys;
 /// assert_eq!(hits.sum(), 4000);
 /// ```
 pub struct Counter {
-    words: Percpu,
+    words: PercpuU64,
 }
 
 impl Counter {
@@ -39,27 +37,13 @@ impl Counter {
 
     /// A counter at zero, or the reason per-CPU memory could not be had.
     pub fn try_new() -> Result<Counter, crate::AllocError> {
-        Ok(Counter { words: Percpu::alloc_aligned(8, 8)? })
-    }
-
-    #[inline(always)]
-    fn word(&self, slot: usize) -> &AtomicU64 {
-        // SAFETY: every slot holds 8 zero-initialized bytes aligned to 8
-        // that live as long as `self`.
-        unsafe { AtomicU64::from_ptr(self.words.slot(slot).cast()) }
+        Ok(Counter { words: PercpuU64::try_new()? })
     }
 
     /// Adds `n` (wrapping) to the current CPU's count.
     #[inline]
     pub fn add(&self, n: u64) {
-        match cpu::place() {
-            // SAFETY: `area` is this thread's; every slot's word is valid;
-            // with Place::Rseq, CPU slots are only updated by sequences.
-            Place::Rseq(area) => unsafe { sys::rseq::percpu_add(area, self.words.base(), n) },
-            Place::Slot(slot) => {
-                self.word(slot).fetch_add(n, Ordering::Relaxed);
-            }
-        }
+        self.words.add(n);
     }
 
     /// Adds one.
@@ -69,6 +53,13 @@ impl Counter {
     }
 
     /// Subtracts `n` (wrapping).
+    ///
+    /// ```
+    /// let c = cpulocal::Counter::new();
+    /// c.add(10);
+    /// c.sub(3);
+    /// assert_eq!(c.sum(), 7);
+    /// ```
     #[inline]
     pub fn sub(&self, n: u64) {
         self.add(n.wrapping_neg());
@@ -77,15 +68,19 @@ impl Counter {
     /// The total over every CPU. Updates racing with it are either in it or
     /// not; with no concurrent updates it is exact.
     pub fn sum(&self) -> u64 {
-        (0..cpu::slots())
-            .fold(0u64, |acc, slot| acc.wrapping_add(self.word(slot).load(Ordering::Relaxed)))
+        self.words.sum()
     }
 
     /// Sets the counter to zero.
+    ///
+    /// ```
+    /// let mut c = cpulocal::Counter::default();
+    /// c.inc();
+    /// c.reset();
+    /// assert_eq!(format!("{c:?}"), "Counter { sum: 0 }");
+    /// ```
     pub fn reset(&mut self) {
-        for slot in 0..cpu::slots() {
-            self.word(slot).store(0, Ordering::Relaxed);
-        }
+        self.words.reset();
     }
 }
 

@@ -2,11 +2,11 @@
 //!
 //! The answer comes from one of three backends, chosen once per process:
 //!
-//! - [`Backend::Rseq`]: the `cpu_id` the kernel keeps in the thread's rseq
+//! - [`Backend::Rseq`] reads the `cpu_id` the kernel keeps in the thread's rseq
 //!   area (a load from thread-local memory, about 1 ns). On x86_64 this
 //!   backend also runs per-CPU updates as restartable sequences.
-//! - [`Backend::Getcpu`]: `sched_getcpu()`.
-//! - [`Backend::Fallback`]: no CPU id from the system; each thread gets a
+//! - [`Backend::Getcpu`] calls `sched_getcpu()`.
+//! - [`Backend::Fallback`] has no CPU id from the system; each thread gets a
 //!   stable stripe, handed out round-robin.
 //!
 //! The environment variable `CPULOCAL_BACKEND=rseq|getcpu|fallback`, read

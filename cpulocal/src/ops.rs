@@ -1,1 +1,534 @@
-//! Typed per-CPU operations on raw storage. (Being written.)
+//! Typed per-CPU operations, for building your own per-CPU structures.
+//!
+//! - [`PercpuU64`]: one `u64` per CPU. [`add`](PercpuU64::add) and
+//!   [`compare_store`](PercpuU64::compare_store) act on the word of the CPU
+//!   the thread runs on; [`load_on`](PercpuU64::load_on),
+//!   [`iter`](PercpuU64::iter) and [`sum`](PercpuU64::sum) read any word.
+//! - [`PercpuStack`]: a LIFO of boxed [`Node`]s per CPU, pushed and popped on
+//!   the current CPU: a per-CPU free list, as in tcmalloc's per-CPU caches.
+//!
+//! # How an operation runs
+//!
+//! With the [rseq backend](crate::cpu::Backend::Rseq) on x86_64, every
+//! operation is one restartable sequence: it reads the CPU id, then loads,
+//! compares and stores that CPU's word with plain instructions (no lock
+//! prefix), and the kernel restarts it if the thread is preempted, migrated
+//! or signalled before its final store. Elsewhere (the other backends, other
+//! architectures, Miri) it is an atomic read-modify-write on the word of
+//! [`cpu::current`], and [`PercpuStack::pop`] also takes
+//! a small per-list lock (or, rather than wait for it, reports the list
+//! empty). See DESIGN.md, "Restartable per-CPU operations".
+//!
+//! # The spill word
+//!
+//! Besides one word per CPU id, every object here has a *spill* word, at
+//! index [`cpu::count()`](crate::cpu::count). Under the rseq backend a thread
+//! that cannot run restartable sequences (in practice, one running its
+//! thread-local destructors after this library unregistered its rseq area)
+//! updates the spill word, atomically, instead of a CPU's word: a plain store
+//! from a sequence racing an atomic update of the same word would lose one of
+//! them. Iteration and sums include the spill word.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::mem::offset_of;
+use std::ops::{Deref, DerefMut};
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+
+use crate::cpu::{self, Place};
+use crate::percpu::{AllocError, Percpu};
+use crate::sys::rseq;
+
+/// A `u64` for every CPU (plus the [spill word](self#the-spill-word)), all
+/// zero at first.
+///
+/// Eight bytes per CPU: each CPU's word lives in that CPU's own region, so
+/// there is no false sharing to pad against.
+///
+/// ```
+/// use cpulocal::ops::PercpuU64;
+///
+/// let w = PercpuU64::new();
+/// w.add(5);
+/// // Claim the current CPU's word if it holds 5 (it may not: the thread can
+/// // migrate between the two calls).
+/// match w.compare_store(5, 7) {
+///     Ok(cpu) => assert_eq!(w.load_on(cpu), Some(7)),
+///     Err(actual) => assert_eq!(actual, 0),
+/// }
+/// assert!(w.sum() == 7 || w.sum() == 5);
+/// ```
+pub struct PercpuU64 {
+    words: Percpu,
+}
+
+impl PercpuU64 {
+    /// Every word at zero.
+    ///
+    /// # Panics
+    /// If per-CPU memory cannot be had; see [`PercpuU64::try_new`].
+    pub fn new() -> PercpuU64 {
+        PercpuU64::try_new().unwrap_or_else(|e| panic!("PercpuU64: {e}"))
+    }
+
+    /// Every word at zero, or the reason per-CPU memory could not be had.
+    pub fn try_new() -> Result<PercpuU64, AllocError> {
+        Ok(PercpuU64 { words: Percpu::alloc_aligned(8, 8)? })
+    }
+
+    /// The word at `index`, unchecked: `index < cpu::slots()`.
+    #[inline(always)]
+    fn word(&self, index: usize) -> &AtomicU64 {
+        // SAFETY: every slot holds 8 zero-initialized bytes aligned to 8 that
+        // live as long as `self`; they are only accessed atomically (or by
+        // single-instruction restartable sequences, which are atomic too).
+        unsafe { AtomicU64::from_ptr(self.words.slot(index).cast()) }
+    }
+
+    /// Adds `value` (wrapping) to the current CPU's word. No ordering with
+    /// other memory (like `fetch_add(value, Relaxed)`).
+    #[inline]
+    pub fn add(&self, value: u64) {
+        match cpu::place() {
+            // SAFETY: `area` is this thread's; every slot's word is valid;
+            // with Place::Rseq, CPU words are only updated by sequences.
+            Place::Rseq(area) => unsafe { rseq::percpu_add(area, self.words.base(), value) },
+            Place::Slot(slot) => {
+                self.word(slot).fetch_add(value, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// If the current CPU's word holds `expected`, replaces it with `new`
+    /// and returns `Ok(index)` of that word (a CPU id, the thread's stripe
+    /// under the fallback backend, or `cpu::count()` for the
+    /// [spill word](self#the-spill-word)); otherwise returns `Err(actual)`,
+    /// the value the word held.
+    ///
+    /// Which CPU is "current" is decided inside the operation: it may differ
+    /// from the one a preceding [`cpu::current`] or
+    /// [`load_on`](Self::load_on) looked at, and then the comparison usually
+    /// fails. The load acquires and the store releases (like
+    /// `compare_exchange(expected, new, AcqRel, Acquire)`).
+    ///
+    /// ```
+    /// // An increment through compare-and-store: retry with what was seen.
+    /// let w = cpulocal::ops::PercpuU64::new();
+    /// let mut seen = 0;
+    /// while let Err(actual) = w.compare_store(seen, seen + 1) {
+    ///     seen = actual;
+    /// }
+    /// assert_eq!(w.sum(), 1);
+    /// ```
+    #[inline]
+    pub fn compare_store(&self, expected: u64, new: u64) -> Result<usize, u64> {
+        match cpu::place() {
+            // SAFETY: as in `add`.
+            Place::Rseq(area) => unsafe {
+                rseq::percpu_cmpeqv_storev(area, self.words.base(), expected, new)
+            },
+            Place::Slot(slot) => self
+                .word(slot)
+                .compare_exchange(expected, new, Ordering::AcqRel, Ordering::Acquire)
+                .map(|_| slot),
+        }
+    }
+
+    /// The word at `index` (a CPU id, or `cpu::count()` for the spill word),
+    /// or `None` if `index > cpu::count()`. An acquire load.
+    pub fn load_on(&self, index: usize) -> Option<u64> {
+        (index < cpu::slots()).then(|| self.word(index).load(Ordering::Acquire))
+    }
+
+    /// Every word with its index, ascending: the CPUs', then the spill word
+    /// (index `cpu::count()`). Each is read once, when the iterator gets to
+    /// it.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (usize, u64)> + '_ {
+        (0..cpu::slots()).map(move |i| (i, self.word(i).load(Ordering::Acquire)))
+    }
+
+    /// The wrapping sum of every word. Updates racing with it are either in
+    /// it or not; with no concurrent updates it is exact.
+    pub fn sum(&self) -> u64 {
+        self.iter().fold(0u64, |acc, (_, v)| acc.wrapping_add(v))
+    }
+
+    /// Sets every word to zero.
+    pub fn reset(&mut self) {
+        for i in 0..cpu::slots() {
+            self.word(i).store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Default for PercpuU64 {
+    fn default() -> Self {
+        PercpuU64::new()
+    }
+}
+
+impl fmt::Debug for PercpuU64 {
+    /// The non-zero words, by index.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PercpuU64").field("words", &NonZeroWords(self)).finish()
+    }
+}
+
+struct NonZeroWords<'a>(&'a PercpuU64);
+
+impl fmt::Debug for NonZeroWords<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.0.iter().filter(|&(_, v)| v != 0)).finish()
+    }
+}
+
+/// An element of a [`PercpuStack`]: a value, and the link the stack threads
+/// through it (so pushing and popping allocate nothing).
+///
+/// ```
+/// use cpulocal::ops::Node;
+///
+/// let mut node = Box::new(Node::new(String::from("buffer")));
+/// node.push_str(" reused"); // Node<T> derefs to T
+/// assert_eq!(node.into_inner(), "buffer reused");
+/// ```
+pub struct Node<T> {
+    /// The next node down while this one is in a stack; meaningless outside.
+    next: AtomicPtr<Node<T>>,
+    value: T,
+}
+
+impl<T> Node<T> {
+    /// A node holding `value`, in no stack.
+    pub fn new(value: T) -> Node<T> {
+        Node { next: AtomicPtr::new(ptr::null_mut()), value }
+    }
+
+    /// The value (call it on a popped `Box<Node<T>>` directly).
+    pub fn into_inner(self) -> T {
+        self.value
+    }
+}
+
+impl<T> Deref for Node<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T> DerefMut for Node<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.value
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Node<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node").field("value", &self.value).finish()
+    }
+}
+
+/// One CPU's list: the head word (what the sequences update), then the lock
+/// that serializes atomic-path pops.
+#[repr(C, align(16))]
+struct Slot {
+    /// The top node's address (`*mut Node<T>`), or 0 when empty.
+    head: AtomicU64,
+    /// 1 while an atomic-path pop runs on this list. Unused on CPU lists
+    /// that restartable sequences own.
+    popping: AtomicU32,
+}
+
+/// A LIFO of boxed [`Node`]s for every CPU (plus the
+/// [spill list](self#the-spill-word)): a per-CPU free list.
+///
+/// [`push`](Self::push) puts a node on the current CPU's list and
+/// [`pop`](Self::pop) takes the top node of the current CPU's list, so nodes
+/// mostly go back to threads on the CPU that last freed them. A pop does not
+/// look at other CPUs' lists: it returns `None` when the current CPU's list
+/// (and the spill list) is empty even if other CPUs' lists are not.
+/// [`drain`](Self::drain) empties them all. Dropping the stack drops every
+/// node left in it.
+///
+/// A stack costs 16 bytes per CPU, in each CPU's own region.
+///
+/// ```
+/// use cpulocal::ops::{Node, PercpuStack};
+///
+/// let mut free: PercpuStack<[u8; 64]> = PercpuStack::new();
+/// free.push(Box::new(Node::new([0; 64])));
+/// // A thread on the same CPU gets it back; after a migration, pop finds
+/// // another CPU's list (here, empty) and we allocate.
+/// let buf = free.pop().unwrap_or_else(|| Box::new(Node::new([0; 64])));
+/// free.push(buf);
+/// assert!((1..=2).contains(&free.drain().count()));
+/// ```
+///
+/// It is `Send` and `Sync` when `T: Send`, as nodes move between threads
+/// whole and are never shared:
+///
+/// ```
+/// fn shared<S: Send + Sync>() {}
+/// shared::<cpulocal::ops::PercpuStack<Vec<u8>>>();
+/// ```
+///
+/// ```compile_fail
+/// fn shared<S: Sync>() {}
+/// shared::<cpulocal::ops::PercpuStack<std::rc::Rc<u8>>>();
+/// ```
+///
+/// # Why it is safe
+///
+/// Popping reads the `next` link of the node on top. With restartable
+/// sequences that read happens inside the sequence, on the CPU whose list it
+/// is: had anyone else run on that CPU since the sequence read the top (and
+/// perhaps popped and freed that node), the sequence would have restarted
+/// instead. Atomic-path pops on one list take its lock, so among them no node
+/// can be popped (and freed, or pushed back: the ABA problem) between reading
+/// the top and swinging the head; pushes need no lock, as a push that races
+/// a pop only makes the pop's compare-exchange fail and retry.
+pub struct PercpuStack<T> {
+    slots: Percpu,
+    _owns: PhantomData<Box<Node<T>>>,
+}
+
+// SAFETY: the stack owns its nodes; moving it moves them (needs `T: Send`).
+unsafe impl<T: Send> Send for PercpuStack<T> {}
+// SAFETY: through `&PercpuStack` nodes are moved in (push) and out (pop),
+// whole, between threads, never shared: like `Mutex<Vec<Box<T>>>`, this
+// needs only `T: Send`. The lists are updated by restartable sequences or
+// atomics (see the type docs).
+unsafe impl<T: Send> Sync for PercpuStack<T> {}
+
+impl<T> PercpuStack<T> {
+    /// Every CPU's list empty.
+    ///
+    /// # Panics
+    /// If per-CPU memory cannot be had; see [`PercpuStack::try_new`].
+    pub fn new() -> PercpuStack<T> {
+        PercpuStack::try_new().unwrap_or_else(|e| panic!("PercpuStack: {e}"))
+    }
+
+    /// Every CPU's list empty, or the reason per-CPU memory could not be had.
+    pub fn try_new() -> Result<PercpuStack<T>, AllocError> {
+        let slots = Percpu::alloc_aligned(size_of::<Slot>(), align_of::<Slot>())?;
+        Ok(PercpuStack { slots, _owns: PhantomData })
+    }
+
+    /// The list at `index`, unchecked: `index < cpu::slots()`.
+    #[inline(always)]
+    fn slot(&self, index: usize) -> &Slot {
+        // SAFETY: every slot holds a zeroed (empty, unlocked) `Slot`, aligned,
+        // living as long as `self`, and only accessed atomically (or by
+        // restartable sequences, on the head of CPU slots).
+        unsafe { &*self.slots.slot(index).cast::<Slot>() }
+    }
+
+    /// Puts `node` on top of the current CPU's list.
+    #[inline]
+    pub fn push(&self, node: Box<Node<T>>) {
+        let node = Box::into_raw(node);
+        match cpu::place() {
+            Place::Rseq(area) => {
+                // Guess the top from the CPU we are on; a wrong guess (we
+                // migrated, or someone pushed or popped) fails the
+                // compare-and-store, which tells us the right one.
+                let mut top = self.slot(cpu::current()).head.load(Ordering::Relaxed);
+                loop {
+                    // SAFETY: we own `node` until the store publishes it.
+                    unsafe { (*node).next.store(top as *mut Node<T>, Ordering::Relaxed) };
+                    // SAFETY: `area` is this thread's; with Place::Rseq, CPU
+                    // heads are only updated by sequences. The store of
+                    // `next` above comes first in program order, and x86
+                    // stores are not reordered, so a popper sees it.
+                    let pushed = unsafe {
+                        rseq::percpu_cmpeqv_storev(area, self.slots.base(), top, node as u64)
+                    };
+                    match pushed {
+                        Ok(_) => return,
+                        Err(actual) => top = actual,
+                    }
+                }
+            }
+            Place::Slot(slot) => self.push_atomic(slot, node),
+        }
+    }
+
+    /// Takes the top node of the current CPU's list, if any (or, failing
+    /// that, of the spill list).
+    ///
+    /// Off the rseq path, a pop that finds another pop on the same list in
+    /// progress spins briefly and then returns `None` rather than wait for
+    /// it. So `pop`, like `push`, never blocks and may be called from a
+    /// signal handler.
+    #[inline]
+    pub fn pop(&self) -> Option<Box<Node<T>>> {
+        let node = match cpu::place() {
+            Place::Rseq(area) => {
+                // SAFETY: `area` is this thread's; with Place::Rseq, CPU heads
+                // are only updated by sequences; a non-zero head is a node in
+                // this list, live (owned by the stack) until popped, whose
+                // `next` link is at offset `offset_of!(Node<T>, next)`.
+                let (_, top) = unsafe {
+                    rseq::percpu_cmpnev_storeoffp_load(
+                        area,
+                        self.slots.base(),
+                        0,
+                        offset_of!(Node<T>, next),
+                    )
+                };
+                match top {
+                    0 => self.pop_atomic(cpu::spill_slot()),
+                    top => top as *mut Node<T>,
+                }
+            }
+            Place::Slot(slot) => self.pop_atomic(slot),
+        };
+        // SAFETY: a popped node came from `Box::into_raw` in `push`, and
+        // popping handed its ownership to us alone.
+        (!node.is_null()).then(|| unsafe { Box::from_raw(node) })
+    }
+
+    fn push_atomic(&self, slot: usize, node: *mut Node<T>) {
+        let head = &self.slot(slot).head;
+        let mut top = head.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: we own `node` until the compare-exchange publishes it.
+            unsafe { (*node).next.store(top as *mut Node<T>, Ordering::Relaxed) };
+            match head.compare_exchange_weak(top, node as u64, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(actual) => top = actual,
+            }
+        }
+    }
+
+    /// Pops from `slot` with atomics, under the slot's pop lock. Returns
+    /// null when the list is empty or another pop holds the lock.
+    #[inline]
+    fn pop_atomic(&self, slot: usize) -> *mut Node<T> {
+        let slot = self.slot(slot);
+        if slot.head.load(Ordering::Relaxed) == 0 {
+            return ptr::null_mut();
+        }
+        Self::pop_locked(slot)
+    }
+
+    fn pop_locked(slot: &Slot) -> *mut Node<T> {
+        let Some(_lock) = PopLock::try_new(&slot.popping) else {
+            return ptr::null_mut();
+        };
+        let mut top = slot.head.load(Ordering::Acquire);
+        while top != 0 {
+            // SAFETY: `top` is in the list (acquired from its head, which
+            // published its `next`), and stays there until we pop it: only
+            // the holder of the pop lock pops from this list.
+            let next = unsafe { (*(top as *mut Node<T>)).next.load(Ordering::Relaxed) };
+            match slot.head.compare_exchange_weak(
+                top,
+                next as u64,
+                Ordering::Acquire,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return top as *mut Node<T>,
+                Err(actual) => top = actual,
+            }
+        }
+        ptr::null_mut()
+    }
+
+    /// Takes every node from every list (CPUs' and spill), one list after
+    /// another, each top first. Nodes the iterator does not get to stay in
+    /// the stack.
+    pub fn drain(&mut self) -> Drain<'_, T> {
+        Drain { stack: self, index: 0 }
+    }
+}
+
+impl<T> Default for PercpuStack<T> {
+    fn default() -> Self {
+        PercpuStack::new()
+    }
+}
+
+impl<T> Drop for PercpuStack<T> {
+    fn drop(&mut self) {
+        self.drain().for_each(drop);
+    }
+}
+
+impl<T> fmt::Debug for PercpuStack<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PercpuStack").finish_non_exhaustive()
+    }
+}
+
+/// The iterator of [`PercpuStack::drain`].
+pub struct Drain<'a, T> {
+    stack: &'a mut PercpuStack<T>,
+    index: usize,
+}
+
+impl<T> Iterator for Drain<'_, T> {
+    type Item = Box<Node<T>>;
+
+    fn next(&mut self) -> Option<Box<Node<T>>> {
+        while self.index < cpu::slots() {
+            let head = &self.stack.slot(self.index).head;
+            let top = head.load(Ordering::Acquire) as *mut Node<T>;
+            if top.is_null() {
+                self.index += 1;
+                continue;
+            }
+            // SAFETY: `&mut` on the stack excludes every other push and pop,
+            // so `top` is the list's own, live node; unlinking it hands it to
+            // us (it came from `Box::into_raw` in `push`).
+            unsafe {
+                head.store((*top).next.load(Ordering::Relaxed) as u64, Ordering::Relaxed);
+                return Some(Box::from_raw(top));
+            }
+        }
+        None
+    }
+}
+
+impl<T> fmt::Debug for Drain<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Drain").field("index", &self.index).finish_non_exhaustive()
+    }
+}
+
+/// The pop lock of one list, held for a few instructions.
+///
+/// Taking it spins briefly and then gives up (the pop reports an empty
+/// list) rather than wait: the holder may be preempted, or be the very
+/// thread a signal handler now pops on, which waiting would deadlock.
+#[must_use = "if unused the lock is released at once"]
+struct PopLock<'a>(&'a AtomicU32);
+
+impl<'a> PopLock<'a> {
+    /// Attempts before giving up: a pop holds the lock for a few dozen
+    /// instructions, so this only fails when the holder was interrupted.
+    const TRIES: u32 = 128;
+
+    fn try_new(word: &'a AtomicU32) -> Option<PopLock<'a>> {
+        for _ in 0..Self::TRIES {
+            if word.load(Ordering::Relaxed) == 0
+                && word.compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed).is_ok()
+            {
+                return Some(PopLock(word));
+            }
+            std::hint::spin_loop();
+        }
+        None
+    }
+}
+
+impl Drop for PopLock<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Release);
+    }
+}

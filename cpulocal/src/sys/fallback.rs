@@ -122,10 +122,6 @@ pub(crate) mod rseq {
         None
     }
 
-    pub(crate) fn glibc_registered() -> bool {
-        false
-    }
-
     pub(crate) fn probe() -> bool {
         false
     }
@@ -133,6 +129,30 @@ pub(crate) mod rseq {
     /// # Safety
     /// Never callable: no `Area` exists on this platform.
     pub(crate) unsafe fn percpu_add(area: NonNull<Area>, _base: *mut u8, _value: u64) {
+        // SAFETY: `Area` is uninhabited, so no pointer to one can be valid.
+        match *unsafe { area.as_ref() } {}
+    }
+
+    /// # Safety
+    /// Never callable: no `Area` exists on this platform.
+    pub(crate) unsafe fn percpu_cmpeqv_storev(
+        area: NonNull<Area>,
+        _base: *mut u8,
+        _expect: u64,
+        _newv: u64,
+    ) -> Result<usize, u64> {
+        // SAFETY: `Area` is uninhabited, so no pointer to one can be valid.
+        match *unsafe { area.as_ref() } {}
+    }
+
+    /// # Safety
+    /// Never callable: no `Area` exists on this platform.
+    pub(crate) unsafe fn percpu_cmpnev_storeoffp_load(
+        area: NonNull<Area>,
+        _base: *mut u8,
+        _expectnot: u64,
+        _off: usize,
+    ) -> (usize, u64) {
         // SAFETY: `Area` is uninhabited, so no pointer to one can be valid.
         match *unsafe { area.as_ref() } {}
     }

@@ -87,11 +87,6 @@ pub(crate) fn register_current_thread() -> Option<NonNull<Area>> {
     area
 }
 
-/// Whether glibc registered rseq for its threads (`__rseq_size > 0`).
-pub(crate) fn glibc_registered() -> bool {
-    glibc_offset().is_some()
-}
-
 /// Whether the calling thread can have an rseq area, without giving it one:
 /// glibc registered one, or the kernel accepts (and then forgets) ours.
 pub(crate) fn probe() -> bool {
@@ -214,23 +209,34 @@ fn register_own() -> Option<NonNull<Area>> {
     Some(area)
 }
 
-/// Adds `value` to the `u64` at `base + (cpu << UNIT_SHIFT)`, `cpu` being the
-/// CPU the thread is on when the addition commits. A plain `add`: no lock
-/// prefix, restarted by the kernel if the thread is preempted, migrated or
-/// signalled before it.
-///
-/// # Safety
-/// `area` must be the calling thread's registered area, and the word for
-/// every possible CPU id must be valid for writes, aligned, and written only
-/// by restartable sequences while any thread may run one on it.
+// Restartable per-CPU sequences (x86_64), after librseq's
+// `include/rseq/arch/x86{.h,/bits.h}`. Every sequence has the same layout,
+// emitted by `percpu_sequence!`:
+//
+//   __rseq_cs:       3: { version 0, flags 0, start 6f, 7f - 6f, abort 4f }
+//   __rseq_failure:  ud1 SIG(%rip), %edi    (the 4 signature bytes end at 4)
+//                    4: jmp 5f              (abort: re-arm and retry)
+//   text:            5: lea tmp, [3b]; mov [area + 8], tmp   (arm rseq_cs)
+//                    6: mov tmp:e, [area + 4]                 (cpu_id)
+//                       shl tmp, UNIT_SHIFT                   (cpu's offset)
+//                       ...loads, compares, early exits to 7...
+//                       one store to [base + tmp]             (the commit)
+//                    7:
+//
+// If the thread is preempted, migrated or signalled with its instruction
+// pointer in [6, 7), the kernel resumes it at 4 instead: the sequence runs
+// again from the top, reading the (perhaps new) CPU id. Only the last
+// instruction before 7 writes memory, so an aborted attempt has no effect.
+// Inputs are read-only in the body and outputs are `out` (never sharing an
+// input's register), so a restart sees the same inputs.
+
+/// Emits one restartable sequence: the descriptor, the abort handler that
+/// retries, the arming store, then `$body` between the start (6) and the
+/// post-commit (7) labels. The body finds the CPU id at `[{area} + 4]`; the
+/// caller supplies `area` (in) and `tmp` (out) among its operands.
 #[cfg(target_arch = "x86_64")]
-#[inline(always)]
-pub(crate) unsafe fn percpu_add(area: NonNull<Area>, base: *mut u8, value: u64) {
-    // SAFETY: the caller guarantees the memory; the sequence follows the rseq
-    // ABI: a 32-byte aligned descriptor in __rseq_cs, SIG before the abort
-    // handler, the descriptor stored before the first instruction of the
-    // section, and a single committing store (the add) as its last.
-    unsafe {
+macro_rules! percpu_sequence {
+    ([$($body:literal),* $(,)?], $($operands:tt)*) => {
         std::arch::asm!(
             ".pushsection __rseq_cs, \"aw\"",
             ".balign 32",
@@ -248,19 +254,142 @@ pub(crate) unsafe fn percpu_add(area: NonNull<Area>, base: *mut u8, value: u64) 
             "lea {tmp}, [rip + 3b]",
             "mov qword ptr [{area} + 8], {tmp}",
             "6:",
-            "mov {tmp:e}, dword ptr [{area} + 4]",
-            "shl {tmp}, {shift}",
-            "add qword ptr [{base} + {tmp}], {value}",
+            $($body,)*
             "7:",
+            sig = const SIG,
+            shift = const super::UNIT_SHIFT,
+            $($operands)*
+        )
+    };
+}
+
+/// Adds `value` to the `u64` at `base + (cpu << UNIT_SHIFT)`, `cpu` being the
+/// CPU the thread is on when the addition commits. A plain `add`: no lock
+/// prefix, restarted by the kernel if the thread is preempted, migrated or
+/// signalled before it.
+///
+/// # Safety
+/// `area` must be the calling thread's registered area, and the word for
+/// every possible CPU id must be valid for writes, aligned, and written only
+/// by restartable sequences while any thread may run one on it.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn percpu_add(area: NonNull<Area>, base: *mut u8, value: u64) {
+    // SAFETY: the caller guarantees the memory; `percpu_sequence!` follows
+    // the rseq ABI, and the body's only store, the add, is its last
+    // instruction.
+    unsafe {
+        percpu_sequence!(
+            [
+                "mov {tmp:e}, dword ptr [{area} + 4]",
+                "shl {tmp}, {shift}",
+                "add qword ptr [{base} + {tmp}], {value}",
+            ],
             area = in(reg) area.as_ptr(),
             base = in(reg) base,
             value = in(reg) value,
             tmp = out(reg) _,
-            sig = const SIG,
-            shift = const super::UNIT_SHIFT,
             options(nostack),
         );
     }
+}
+
+/// Compare-and-store on the current CPU's word (librseq's
+/// `percpu_cmpeqv_storev`): if the `u64` at `base + (cpu << UNIT_SHIFT)`
+/// equals `expect`, stores `newv` there. `cpu` is the CPU the thread is on
+/// when the comparison runs; the store, if any, is on that CPU too.
+///
+/// Returns `Ok(cpu)` if it stored, or `Err(actual)`, the value it found.
+///
+/// # Safety
+/// As for [`percpu_add`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn percpu_cmpeqv_storev(
+    area: NonNull<Area>,
+    base: *mut u8,
+    expect: u64,
+    newv: u64,
+) -> Result<usize, u64> {
+    let offset: usize;
+    let actual: u64;
+    // SAFETY: as for `percpu_add`; the body stores (its last instruction)
+    // only after the comparison succeeded on the same CPU, and otherwise
+    // leaves through the post-commit label without writing.
+    unsafe {
+        percpu_sequence!(
+            [
+                "mov {tmp:e}, dword ptr [{area} + 4]",
+                "shl {tmp}, {shift}",
+                "mov {actual}, qword ptr [{base} + {tmp}]",
+                "cmp {actual}, {expect}",
+                "jne 7f",
+                "mov qword ptr [{base} + {tmp}], {newv}",
+            ],
+            area = in(reg) area.as_ptr(),
+            base = in(reg) base,
+            expect = in(reg) expect,
+            newv = in(reg) newv,
+            tmp = out(reg) offset,
+            actual = out(reg) actual,
+            options(nostack),
+        );
+    }
+    if actual == expect {
+        Ok(offset >> super::UNIT_SHIFT)
+    } else {
+        Err(actual)
+    }
+}
+
+/// Pop from the current CPU's list (librseq's
+/// `percpu_cmpnev_storeoffp_load`): reads `head`, the `u64` at
+/// `base + (cpu << UNIT_SHIFT)`; if it differs from `expectnot`, replaces it
+/// with the `u64` at address `head + off` (the next link).
+///
+/// Returns `(cpu, head)`; the pop happened iff `head != expectnot`.
+///
+/// # Safety
+/// As for [`percpu_add`]; moreover every value other than `expectnot` that
+/// a CPU's word can hold must be an address whose `head + off` is a `u64`
+/// valid for reads for as long as that value is in the word. (Nobody else
+/// can change this CPU's word during the sequence: if anyone runs on the
+/// CPU meanwhile, the sequence restarts and never reads the stale `head`.)
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn percpu_cmpnev_storeoffp_load(
+    area: NonNull<Area>,
+    base: *mut u8,
+    expectnot: u64,
+    off: usize,
+) -> (usize, u64) {
+    let offset: usize;
+    let head: u64;
+    // SAFETY: as for `percpu_add`; `head + off` is readable while `head` is
+    // in the word, which it is for the whole uninterrupted attempt; the
+    // store of the next link is the body's last instruction.
+    unsafe {
+        percpu_sequence!(
+            [
+                "mov {tmp:e}, dword ptr [{area} + 4]",
+                "shl {tmp}, {shift}",
+                "mov {head}, qword ptr [{base} + {tmp}]",
+                "cmp {head}, {expectnot}",
+                "je 7f",
+                "mov {next}, qword ptr [{head} + {off}]",
+                "mov qword ptr [{base} + {tmp}], {next}",
+            ],
+            area = in(reg) area.as_ptr(),
+            base = in(reg) base,
+            expectnot = in(reg) expectnot,
+            off = in(reg) off,
+            tmp = out(reg) offset,
+            head = out(reg) head,
+            next = out(reg) _,
+            options(nostack),
+        );
+    }
+    (offset >> super::UNIT_SHIFT, head)
 }
 
 /// Never called: [`HAS_PERCPU_OPS`] is false on this architecture.
@@ -269,5 +398,33 @@ pub(crate) unsafe fn percpu_add(area: NonNull<Area>, base: *mut u8, value: u64) 
 /// Must not be called.
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) unsafe fn percpu_add(_area: NonNull<Area>, _base: *mut u8, _value: u64) {
+    unreachable!("no restartable per-CPU sequences on this architecture")
+}
+
+/// Never called: [`HAS_PERCPU_OPS`] is false on this architecture.
+///
+/// # Safety
+/// Must not be called.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) unsafe fn percpu_cmpeqv_storev(
+    _area: NonNull<Area>,
+    _base: *mut u8,
+    _expect: u64,
+    _newv: u64,
+) -> Result<usize, u64> {
+    unreachable!("no restartable per-CPU sequences on this architecture")
+}
+
+/// Never called: [`HAS_PERCPU_OPS`] is false on this architecture.
+///
+/// # Safety
+/// Must not be called.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) unsafe fn percpu_cmpnev_storeoffp_load(
+    _area: NonNull<Area>,
+    _base: *mut u8,
+    _expectnot: u64,
+    _off: usize,
+) -> (usize, u64) {
     unreachable!("no restartable per-CPU sequences on this architecture")
 }

@@ -1,0 +1,386 @@
+//! `Counter` totals are exact: with threads hopping CPUs, under a stream of
+//! signals (each one aborts a restartable sequence in flight), across
+//! `fork()`, through thread churn, and in thread-exit destructors (the spill
+//! word), under every backend.
+#![cfg(all(target_os = "linux", not(miri)))]
+
+mod common;
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, OnceLock};
+use std::thread;
+
+use cpulocal::cpu::{self, Backend};
+use cpulocal::ops::PercpuU64;
+use cpulocal::Counter;
+
+/// Disables glibc's rseq registration, so this library registers its own
+/// area per thread (and unregisters it in a thread-exit destructor).
+const OWN_RSEQ: (&str, &str) = ("GLIBC_TUNABLES", "glibc.pthread.rseq=0");
+
+/// Runs test `name` in a child under every backend, then under rseq with
+/// the library's own registration.
+fn under_every_path(name: &str) {
+    common::under_each_backend(name);
+    common::in_child(name, &[("CPULOCAL_BACKEND", "rseq"), OWN_RSEQ]);
+}
+
+/// Whether this child runs with the library's own rseq registration.
+fn own_rseq() -> bool {
+    std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.pthread.rseq=0"))
+}
+
+fn allowed() -> Vec<usize> {
+    cpu::allowed().expect("sched_getaffinity")
+}
+
+#[test]
+fn hopping_add_sub_is_exact() {
+    if !common::is_child() {
+        return under_every_path("hopping_add_sub_is_exact");
+    }
+    common::check_forced_backend();
+    let cpus = allowed();
+    let c = Counter::new();
+    let n = common::scaled(100_000) as u64;
+    thread::scope(|s| {
+        for t in 0..4 {
+            let (c, cpus) = (&c, &cpus);
+            s.spawn(move || {
+                for i in 0..n {
+                    if i % 64 == 0 {
+                        common::hop(cpus, t + (i / 64) as usize);
+                    }
+                    c.add(3);
+                    c.sub(1);
+                }
+            });
+        }
+    });
+    assert_eq!(c.sum(), 4 * 2 * n, "{c:?}");
+}
+
+#[test]
+fn sub_on_another_cpu_cancels_add() {
+    if !common::is_child() {
+        return under_every_path("sub_on_another_cpu_cancels_add");
+    }
+    common::check_forced_backend();
+    let cpus = allowed();
+    let mut c = Counter::default();
+    for step in 0..100 {
+        common::hop(&cpus, step);
+        c.add(1000 + step as u64);
+        common::hop(&cpus, step + 1);
+        c.sub(1000 + step as u64);
+    }
+    assert_eq!(c.sum(), 0, "{c:?}");
+    c.inc();
+    assert_eq!(format!("{c:?}"), "Counter { sum: 1 }");
+    c.reset();
+    assert_eq!(c.sum(), 0);
+}
+
+static SIGNALLED: OnceLock<Counter> = OnceLock::new();
+static HANDLED: AtomicU64 = AtomicU64::new(0);
+
+/// Signals a worker handles at least (it counts on until it has).
+const MIN_SIGNALS: u64 = 3000;
+
+extern "C" fn count_in_handler(_sig: libc::c_int) {
+    // Runs on the counting thread, perhaps in the middle of its own
+    // sequence (which the kernel has aborted): nested sequences.
+    if let Some(c) = SIGNALLED.get() {
+        c.inc();
+    }
+    HANDLED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Installs `handler` for SIGUSR1 (in a test child: process-wide).
+fn on_sigusr1(handler: extern "C" fn(libc::c_int)) {
+    // SAFETY: a zeroed sigaction with an empty mask and a handler that only
+    // touches atomics and per-CPU counters (async-signal-safe).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler as libc::sighandler_t;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
+    }
+}
+
+#[test]
+fn signal_stream_is_exact() {
+    if !common::is_child() {
+        return under_every_path("signal_stream_is_exact");
+    }
+    common::check_forced_backend();
+    let cpus = allowed();
+    let c = SIGNALLED.get_or_init(Counter::new);
+    on_sigusr1(count_in_handler);
+    let n = common::scaled(400_000) as u64;
+    let (ready, started) = mpsc::channel();
+    let done = AtomicBool::new(false);
+    let counted = thread::scope(|s| {
+        let worker = s.spawn(|| {
+            // The first update (rseq registration) comes before any signal.
+            c.inc();
+            // SAFETY: pthread_self has no preconditions.
+            ready.send(unsafe { libc::pthread_self() }).unwrap();
+            let mut i = 0;
+            while i < n || HANDLED.load(Ordering::Relaxed) < MIN_SIGNALS {
+                if i % 4096 == 0 {
+                    common::hop(&cpus, (i / 4096) as usize);
+                }
+                c.inc();
+                i += 1;
+            }
+            // Signals sent before this are handled before it returns; later
+            // ones stay pending until the thread exits. (Scoped threads count
+            // as finished before they exit: without this a late handler
+            // could count after the totals are read.)
+            block_sigusr1();
+            done.store(true, Ordering::Release);
+            i
+        });
+        let target = started.recv().unwrap();
+        signal_until(target, &done);
+        worker.join().unwrap()
+    });
+    let handled = HANDLED.load(Ordering::Relaxed);
+    assert_eq!(c.sum(), counted + 1 + handled, "{handled} signals");
+}
+
+#[test]
+fn fork_mid_count_child_keeps_counting() {
+    if !common::is_child() {
+        return under_every_path("fork_mid_count_child_keeps_counting");
+    }
+    common::check_forced_backend();
+    let cpus = allowed();
+    let c = Counter::new();
+    let k = common::scaled(50_000) as u64;
+    let stop = AtomicBool::new(false);
+    let helpers_total = thread::scope(|s| {
+        let helpers: Vec<_> = (0..2)
+            .map(|t| {
+                let (c, cpus, stop) = (&c, &cpus, &stop);
+                s.spawn(move || {
+                    let mut mine = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        if mine % 256 == 0 {
+                            common::hop(cpus, t + (mine / 256) as usize);
+                        }
+                        c.inc();
+                        mine += 1;
+                    }
+                    mine
+                })
+            })
+            .collect();
+        for i in 0..k {
+            if i % 256 == 0 {
+                common::hop(&cpus, (i / 256) as usize);
+            }
+            c.add(2);
+        }
+        // SAFETY: the child only counts, spawns a thread and exits with
+        // `_exit`; glibc makes malloc usable in the child of a threaded fork.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            let code = std::panic::catch_unwind(|| child_counts(&c, &cpus, k)).unwrap_or(3);
+            // SAFETY: ends the child without unwinding into the parent's
+            // copy of the test harness.
+            unsafe { libc::_exit(code) };
+        }
+        for i in 0..k {
+            if i % 256 == 0 {
+                common::hop(&cpus, (i / 256) as usize + 1);
+            }
+            c.add(2);
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "forked child failed (status {status:#x})"
+        );
+        stop.store(true, Ordering::Relaxed);
+        helpers.into_iter().map(|h| h.join().unwrap()).sum::<u64>()
+    });
+    assert_eq!(c.sum(), 4 * k + helpers_total);
+}
+
+/// The forked child: this thread is the only one; the counter holds the
+/// parent's counts at the moment of the fork.
+fn child_counts(c: &Counter, cpus: &[usize], k: u64) -> i32 {
+    let at_fork = c.sum();
+    if at_fork < 2 * k {
+        eprintln!("child: {at_fork} at fork, below the parent's own {}", 2 * k);
+        return 1;
+    }
+    let m = common::scaled(20_000) as u64;
+    for i in 0..m {
+        if i % 128 == 0 {
+            common::hop(cpus, (i / 128) as usize);
+        }
+        c.add(5);
+        c.sub(2);
+    }
+    thread::scope(|s| {
+        s.spawn(|| (0..m).for_each(|_| c.inc()));
+    });
+    let want = at_fork + 4 * m;
+    if c.sum() != want {
+        eprintln!("child: sum {} != {want}", c.sum());
+        return 2;
+    }
+    0
+}
+
+#[test]
+fn thread_churn_is_exact() {
+    if !common::is_child() {
+        return under_every_path("thread_churn_is_exact");
+    }
+    common::check_forced_backend();
+    let cpus = allowed();
+    let c = Counter::new();
+    let rounds = common::scaled(40);
+    let per = 500u64;
+    for round in 0..rounds {
+        thread::scope(|s| {
+            for t in 0..4 {
+                let (c, cpus) = (&c, &cpus);
+                s.spawn(move || {
+                    for i in 0..per {
+                        if i % 100 == 0 {
+                            common::hop(cpus, round + t + i as usize);
+                        }
+                        c.add(2);
+                        c.sub(1);
+                    }
+                });
+            }
+        });
+    }
+    assert_eq!(c.sum(), rounds as u64 * 4 * per);
+}
+
+/// Counts `n` into both counters when the thread's locals are destroyed.
+struct CountAtExit<'a> {
+    counter: &'a Counter,
+    words: &'a PercpuU64,
+    n: u64,
+}
+
+impl Drop for CountAtExit<'_> {
+    fn drop(&mut self) {
+        for _ in 0..self.n {
+            self.counter.inc();
+            self.words.add(1);
+        }
+    }
+}
+
+thread_local! {
+    static AT_EXIT: Cell<Option<CountAtExit<'static>>> = const { Cell::new(None) };
+}
+
+#[test]
+fn thread_exit_destructors_are_counted() {
+    if !common::is_child() {
+        return under_every_path("thread_exit_destructors_are_counted");
+    }
+    common::check_forced_backend();
+    if own_rseq() {
+        assert_eq!(cpu::backend(), Backend::Rseq, "own rseq registration not used");
+    }
+    let cpus = allowed();
+    let counter: &'static Counter = Box::leak(Box::new(Counter::new()));
+    let words: &'static PercpuU64 = Box::leak(Box::new(PercpuU64::new()));
+    let (threads, per, at_exit) = (common::scaled(100) as u64, 200u64, 300u64);
+    let stop = AtomicBool::new(false);
+    let hammered = thread::scope(|s| {
+        // Two threads keep the CPUs' words busy with restartable sequences
+        // while exiting threads count from their destructors.
+        let hammers: Vec<_> = (0..2)
+            .map(|t| {
+                let (cpus, stop) = (&cpus, &stop);
+                s.spawn(move || {
+                    let mut mine = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        if mine % 1024 == 0 {
+                            common::hop(cpus, t + (mine / 1024) as usize);
+                        }
+                        counter.inc();
+                        words.add(1);
+                        mine += 1;
+                    }
+                    mine
+                })
+            })
+            .collect();
+        for i in 0..threads {
+            thread::spawn(move || {
+                // Registered before the library's own thread-local (the rseq
+                // registration), so destroyed after it: the destructor counts
+                // with no rseq area left.
+                AT_EXIT.with(|a| a.set(Some(CountAtExit { counter, words, n: at_exit })));
+                common::hop(&allowed(), i as usize);
+                for _ in 0..per {
+                    counter.inc();
+                    words.add(1);
+                }
+            })
+            .join()
+            .unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        hammers.into_iter().map(|h| h.join().unwrap()).sum::<u64>()
+    });
+    let want = hammered + threads * (per + at_exit);
+    assert_eq!(counter.sum(), want, "{counter:?}");
+    assert_eq!(words.sum(), want, "{words:?}");
+    let spill = words.load_on(cpu::count()).unwrap();
+    if own_rseq() {
+        assert_eq!(spill, threads * at_exit, "destructors must count in the spill word");
+    } else if cpu::backend() != Backend::Rseq {
+        assert_eq!(spill, 0, "only rseq threads without an area use the spill word");
+    }
+}
+
+/// Blocks SIGUSR1 for the calling thread.
+fn block_sigusr1() {
+    // SAFETY: the set is initialized by sigemptyset before use; changing the
+    // calling thread's own mask has no other preconditions.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        assert_eq!(libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()), 0);
+    }
+}
+
+/// Sends SIGUSR1 to `target` until `done`, each signal once the previous one
+/// has been handled: the target gets to run between two signals (a flood
+/// could keep it in its handler), and each lands at a random point.
+fn signal_until(target: libc::pthread_t, done: &AtomicBool) {
+    while !done.load(Ordering::Acquire) {
+        let before = HANDLED.load(Ordering::Relaxed);
+        // SAFETY: the target thread is not joined yet, so `target` is valid.
+        assert_eq!(unsafe { libc::pthread_kill(target, libc::SIGUSR1) }, 0);
+        let mut spins = 0u32;
+        while HANDLED.load(Ordering::Relaxed) == before && !done.load(Ordering::Acquire) {
+            spins += 1;
+            if spins % 64 == 0 {
+                thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
