@@ -40,6 +40,55 @@ fn probe() -> bool {
 
 /// Issues a full memory barrier on every CPU running a thread of this
 /// process. Returns false (doing nothing) if [`available`] is false.
+///
+/// Should the syscall start failing after registration (a seccomp filter
+/// installed later), it falls back to shrinking a page's protection: the
+/// kernel must then shoot down that page's TLB entries with an interrupt on
+/// every CPU running this process, which serializes each of them (the
+/// mechanism behind .NET's `FlushProcessWriteBuffers` on Linux).
 pub(crate) fn heavy() -> bool {
-    available() && membarrier(CMD_PRIVATE_EXPEDITED) == 0
+    available() && (membarrier(CMD_PRIVATE_EXPEDITED) == 0 || tlb_shootdown())
+}
+
+#[cold]
+fn tlb_shootdown() -> bool {
+    use std::sync::{Mutex, OnceLock, PoisonError};
+
+    struct Page(*mut libc::c_void);
+    // SAFETY: the page is only touched under the mutex below.
+    unsafe impl Send for Page {}
+
+    static PAGE: OnceLock<Option<Mutex<Page>>> = OnceLock::new();
+    let page = PAGE.get_or_init(|| {
+        // SAFETY: a fresh anonymous mapping touches no existing memory.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        (p != libc::MAP_FAILED).then(|| Mutex::new(Page(p)))
+    });
+    let Some(page) = page else { return false };
+    let page = page.lock().unwrap_or_else(PoisonError::into_inner);
+    // SAFETY: the page is ours, mapped read/write; we write it so that it is
+    // present in the TLB, then narrow and restore its protection.
+    unsafe {
+        page.0.cast::<u8>().write_volatile(1);
+        libc::mprotect(page.0, 4096, libc::PROT_READ) == 0
+            && libc::mprotect(page.0, 4096, libc::PROT_READ | libc::PROT_WRITE) == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn page_protection_fallback_works() {
+        assert!(super::tlb_shootdown());
+        assert!(super::tlb_shootdown());
+    }
 }

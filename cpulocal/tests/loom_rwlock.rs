@@ -1,0 +1,349 @@
+//! The `RwLock` protocol under loom, with CPUs as slots.
+//!
+//! `src/rwlock/raw.rs` is compiled into this test as it is (`#[path]`),
+//! its atomics coming from `loom::sync` through the `sync` name below, and
+//! run against [`Model`]: an `Env` whose per-CPU counts are loom atomics in
+//! [`SLOTS`] slots, the slot being a loom thread-local a thread can move
+//! between counts (so a reader may count its lock on one CPU and its unlock,
+//! or its back-off, on another). Futex sleeping is a loom `Mutex` and
+//! `Condvar`, so a lost wake-up shows up as a deadlock. The protected data
+//! is a loom `UnsafeCell`: a reader overlapping a writer is a causality
+//! violation.
+//!
+//! What the model cannot show: `membarrier` (readers and writer both use
+//! `fence(SeqCst)` here, which is the library's fallback mode), the
+//! restartable sequences (a count is one atomic add), and the spinning
+//! (`SPINS` is 0: every wait sleeps at once).
+//!
+//! Run with
+//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release -p cpulocal --test loom_rwlock`.
+#![cfg(loom)]
+
+// `raw` takes its atomics from `super::sync`.
+use loom::sync;
+
+#[allow(dead_code)]
+#[path = "../src/rwlock/raw.rs"]
+mod raw;
+
+use std::cell::Cell;
+use std::panic::{self, AssertUnwindSafe};
+
+use loom::cell::UnsafeCell;
+use loom::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use loom::sync::{Arc, Condvar, Mutex};
+use loom::thread;
+
+use raw::{Env, RawRwLock};
+
+/// Model CPUs.
+const SLOTS: usize = 2;
+
+loom::thread_local! {
+    /// The model CPU the thread is on, and whether it moves to the next one
+    /// after each count it makes.
+    static CPU: Cell<(usize, bool)> = Cell::new((0, false));
+}
+
+/// Puts the calling thread on `slot`; with `hops`, it moves on after every
+/// count.
+fn run_on(slot: usize, hops: bool) {
+    CPU.with(|c| c.set((slot, hops)));
+}
+
+/// The slot for the calling thread's next count.
+fn next_slot() -> usize {
+    CPU.with(|c| {
+        let (slot, hops) = c.get();
+        if hops {
+            c.set(((slot + 1) % SLOTS, true));
+        }
+        slot
+    })
+}
+
+/// Per-slot counts, either split (the library's scheme) or one in-minus-out
+/// count per slot (the scheme the split replaces); fences, or none (to show
+/// they are needed).
+struct Model {
+    split: bool,
+    fences: bool,
+    locks: [AtomicU64; SLOTS],
+    unlocks: [AtomicU64; SLOTS],
+    sleepers: Mutex<()>,
+    wakeup: Condvar,
+}
+
+impl Model {
+    fn new(split: bool, fences: bool) -> Model {
+        Model {
+            split,
+            fences,
+            locks: [AtomicU64::new(0), AtomicU64::new(0)],
+            unlocks: [AtomicU64::new(0), AtomicU64::new(0)],
+            sleepers: Mutex::new(()),
+            wakeup: Condvar::new(),
+        }
+    }
+}
+
+impl Env for Model {
+    const SPINS: u32 = 0;
+
+    fn count_lock(&self) {
+        self.locks[next_slot()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_unlock(&self) {
+        let slot = next_slot();
+        if self.split {
+            self.unlocks[slot].fetch_add(1, Ordering::Release);
+        } else {
+            self.locks[slot].fetch_sub(1, Ordering::Release);
+        }
+    }
+
+    fn slots(&self) -> usize {
+        SLOTS
+    }
+
+    fn locks(&self, slot: usize) -> u64 {
+        self.locks[slot].load(Ordering::Acquire)
+    }
+
+    fn unlocks(&self, slot: usize) -> u64 {
+        self.unlocks[slot].load(Ordering::Acquire)
+    }
+
+    fn reader_fence(&self) {
+        if self.fences {
+            fence(Ordering::SeqCst);
+        }
+    }
+
+    fn writer_fence(&self) {
+        if self.fences {
+            fence(Ordering::SeqCst);
+        }
+    }
+
+    fn wait(&self, word: &AtomicU32, expected: u32) {
+        let guard = self.sleepers.lock().unwrap();
+        if word.load(Ordering::SeqCst) == expected {
+            drop(self.wakeup.wait(guard).unwrap());
+        }
+    }
+
+    fn wake(&self, _word: &AtomicU32, _n: u32) {
+        let _guard = self.sleepers.lock().unwrap();
+        self.wakeup.notify_all();
+    }
+}
+
+struct Lock {
+    raw: RawRwLock<Model>,
+    data: UnsafeCell<u64>,
+}
+
+impl Lock {
+    fn new(split: bool, fences: bool) -> Arc<Lock> {
+        let raw = RawRwLock::new(Model::new(split, fences));
+        Arc::new(Lock { raw, data: UnsafeCell::new(0) })
+    }
+
+    fn read(&self) -> u64 {
+        self.raw.read_lock();
+        // SAFETY: read-locked; loom reports a causality violation if a
+        // writer's access is not ordered with this one.
+        let v = self.data.with(|p| unsafe { *p });
+        // SAFETY: we hold the read lock taken above.
+        unsafe { self.raw.read_unlock() };
+        v
+    }
+
+    fn try_read(&self) -> Option<u64> {
+        self.raw.try_read_lock().then(|| {
+            // SAFETY: as in `read`.
+            let v = self.data.with(|p| unsafe { *p });
+            // SAFETY: we hold the read lock taken above.
+            unsafe { self.raw.read_unlock() };
+            v
+        })
+    }
+
+    fn locked_write(&self) {
+        // SAFETY: write-locked; loom checks the claim.
+        self.data.with_mut(|p| unsafe { *p += 1 });
+        // SAFETY: the caller holds the write lock.
+        unsafe { self.raw.write_unlock() };
+    }
+
+    fn write(&self) {
+        self.raw.write_lock();
+        self.locked_write();
+    }
+
+    fn try_write(&self) -> bool {
+        let ok = self.raw.try_write_lock();
+        if ok {
+            self.locked_write();
+        }
+        ok
+    }
+}
+
+/// A reader that stays on slot 1, a reader that moves to the other slot
+/// after each count (so a back-off counts its lock on one slot and its
+/// unlock on the other), and a writer, all starting together.
+fn hopping_readers_and_a_writer(split: bool, fences: bool) {
+    loom::model(move || {
+        let lock = Lock::new(split, fences);
+        let steady = {
+            let lock = lock.clone();
+            thread::spawn(move || {
+                run_on(1, false);
+                lock.read();
+            })
+        };
+        let hopper = {
+            let lock = lock.clone();
+            thread::spawn(move || {
+                run_on(0, true);
+                lock.read();
+            })
+        };
+        run_on(0, false);
+        lock.write();
+        steady.join().unwrap();
+        hopper.join().unwrap();
+        assert_eq!(lock.read(), 1);
+    });
+}
+
+/// A reader already inside (on slot 1) and descheduled there, while a
+/// writer and a hopping reader (slot 0, then 1, ...) arrive: the false-zero
+/// race in as few preemptions as loom can find it.
+fn reader_inside_then_hopper_and_writer(split: bool, fences: bool) {
+    loom::model(move || {
+        let lock = Lock::new(split, fences);
+        run_on(1, false);
+        lock.raw.read_lock();
+        let writer = {
+            let lock = lock.clone();
+            thread::spawn(move || {
+                run_on(0, false);
+                lock.write();
+            })
+        };
+        let hopper = {
+            let lock = lock.clone();
+            thread::spawn(move || {
+                run_on(0, true);
+                lock.read();
+            })
+        };
+        thread::yield_now();
+        // SAFETY: read-locked above; loom checks the claim.
+        let seen = lock.data.with(|p| unsafe { *p });
+        // SAFETY: we hold the read lock taken above.
+        unsafe { lock.raw.read_unlock() };
+        assert_eq!(seen, 0, "the writer got in while a reader was inside");
+        writer.join().unwrap();
+        hopper.join().unwrap();
+        assert_eq!(lock.read(), 1);
+    });
+}
+
+#[test]
+fn split_counts_keep_writer_out_while_readers_hop() {
+    hopping_readers_and_a_writer(true, true);
+    reader_inside_then_hopper_and_writer(true, true);
+}
+
+/// Runs `model`, which must fail with a causality violation (a reader and
+/// the writer inside together).
+fn expect_violation(model: impl FnOnce()) {
+    let found = panic::catch_unwind(AssertUnwindSafe(model));
+    let Err(payload) = found else {
+        panic!("loom found no execution where the writer gets in with a reader");
+    };
+    let message = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    assert!(message.contains("Causality violation"), "unexpected failure: {message}");
+}
+
+/// With one in-minus-out count per slot, the writer can read slot 0 before
+/// the hopper counts its lock there, and slot 1 after the hopper backs off
+/// there, cancelling the steady reader who is still inside: a false zero.
+/// The model must find it.
+#[test]
+fn single_count_lets_writer_in_on_false_zero() {
+    expect_violation(|| reader_inside_then_hopper_and_writer(false, true));
+}
+
+/// Without the fences (store buffering: the reader's count and the
+/// writer's WRITER both late), the model must find a reader and the writer
+/// inside together.
+#[test]
+fn missing_fences_let_writer_in() {
+    expect_violation(|| reader_inside_then_hopper_and_writer(true, false));
+}
+
+/// Two writers (one through `try_write`) and a reader through `try_read`.
+#[test]
+fn writers_exclude_each_other_and_try_locks() {
+    loom::model(|| {
+        let lock = Lock::new(true, true);
+        let writer = {
+            let lock = lock.clone();
+            thread::spawn(move || {
+                run_on(1, false);
+                lock.write();
+            })
+        };
+        let reader = {
+            let lock = lock.clone();
+            thread::spawn(move || {
+                run_on(0, true);
+                lock.try_read();
+            })
+        };
+        run_on(0, false);
+        let wrote = lock.try_write();
+        writer.join().unwrap();
+        reader.join().unwrap();
+        assert_eq!(lock.read(), 1 + u64::from(wrote));
+    });
+}
+
+/// Two blocking writers and a hopping blocking reader: the reader may
+/// sleep behind one writer and register as parked, the other writer then
+/// waits for it; no lost wake-up, no overlap.
+#[test]
+fn parked_reader_between_two_writers() {
+    loom::model(|| {
+        let lock = Lock::new(true, true);
+        let writer = {
+            let lock = lock.clone();
+            thread::spawn(move || {
+                run_on(1, false);
+                lock.write();
+            })
+        };
+        let reader = {
+            let lock = lock.clone();
+            thread::spawn(move || {
+                run_on(0, true);
+                lock.read()
+            })
+        };
+        run_on(0, false);
+        lock.write();
+        writer.join().unwrap();
+        assert!(reader.join().unwrap() <= 2);
+        assert_eq!(lock.read(), 2);
+    });
+}

@@ -1,0 +1,391 @@
+//! `RwLock`: writers exclude readers and each other while threads hop CPUs
+//! (inside critical sections too), signals abort restartable sequences, and
+//! `try_*` calls mix in, under every backend and without `membarrier`; a
+//! writer gets through a stream of readers; the std-like surface.
+
+mod common;
+
+use std::fmt;
+
+use cpulocal::RwLock;
+
+fn assert_send_sync<T: Send + Sync + ?Sized>() {}
+
+#[test]
+fn send_sync_like_std() {
+    assert_send_sync::<RwLock<u64>>();
+    assert_send_sync::<RwLock<Vec<String>>>();
+    assert_send_sync::<RwLock<[u8]>>();
+    fn guards_sync<T: Sync>(_: &T) {}
+    let lock = RwLock::new(1);
+    guards_sync(&lock.read());
+    guards_sync(&lock.write());
+}
+
+#[test]
+fn get_mut_into_inner_default_from() {
+    let mut lock: RwLock<Vec<u32>> = RwLock::default();
+    assert!(lock.read().is_empty());
+    lock.get_mut().push(7);
+    lock.write().push(8);
+    assert_eq!(*lock.read(), [7, 8]);
+    assert_eq!(lock.into_inner(), [7, 8]);
+    let lock = RwLock::from(String::from("x"));
+    assert_eq!(lock.read().as_str(), "x");
+}
+
+#[test]
+fn unsized_data() {
+    let lock: Box<RwLock<[u32]>> = Box::new(RwLock::new([1, 2, 3]));
+    lock.write()[1] = 5;
+    assert_eq!(&*lock.read(), &[1, 5, 3]);
+    let shown: Box<RwLock<dyn fmt::Display>> = Box::new(RwLock::new(42));
+    assert_eq!(shown.read().to_string(), "42");
+}
+
+#[test]
+fn debug_shows_data_unless_write_locked() {
+    let lock = RwLock::new(5);
+    let shown = format!("{lock:?}");
+    assert!(shown.starts_with("RwLock { data: 5, membarrier: "), "{shown}");
+    assert!(shown.ends_with(", .. }"), "{shown}");
+    let r = lock.read();
+    assert!(format!("{lock:?}").contains("data: 5"));
+    assert_eq!(format!("{r:?} {r}"), "5 5");
+    drop(r);
+    let w = lock.write();
+    assert!(format!("{lock:?}").starts_with("RwLock { data: <locked>, "));
+    assert_eq!(format!("{w:?} {w}"), "5 5");
+}
+
+#[test]
+fn membarrier_used_unless_disabled() {
+    let shown = format!("{:?}", RwLock::new(()));
+    let disabled = std::env::var("CPULOCAL_MEMBARRIER").is_ok_and(|v| v.trim() == "0");
+    if disabled {
+        assert!(shown.contains("membarrier: false"), "{shown}");
+    } else if cfg!(all(target_os = "linux", not(miri))) {
+        // Linux 4.14+ has MEMBARRIER_CMD_PRIVATE_EXPEDITED.
+        assert!(shown.contains("membarrier: true"), "{shown}");
+    }
+}
+
+#[test]
+fn try_write_fails_while_read_locked() {
+    let lock = RwLock::new(0);
+    let r = lock.read();
+    assert!(lock.try_write().is_none());
+    std::thread::scope(|s| {
+        s.spawn(|| assert!(lock.try_write().is_none()));
+    });
+    let r2 = lock.try_read().expect("readers share");
+    drop(r);
+    assert!(lock.try_write().is_none());
+    drop(r2);
+    *lock.try_write().expect("free lock") += 1;
+    assert_eq!(*lock.read(), 1);
+}
+
+#[test]
+fn try_read_and_try_write_fail_while_write_locked() {
+    let lock = RwLock::new(0);
+    let mut w = lock.write();
+    assert!(lock.try_read().is_none());
+    assert!(lock.try_write().is_none());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            assert!(lock.try_read().is_none());
+            assert!(lock.try_write().is_none());
+        });
+    });
+    *w = 3;
+    drop(w);
+    assert_eq!(*lock.try_read().expect("free lock"), 3);
+}
+
+#[test]
+fn panic_in_writer_releases_without_poison() {
+    let lock = RwLock::new(1);
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut w = lock.write();
+        *w = 2;
+        panic!("in the critical section");
+    }));
+    assert!(caught.is_err());
+    assert_eq!(*lock.read(), 2);
+    *lock.write() = 3;
+}
+
+#[cfg(all(target_os = "linux", not(miri)))]
+mod stress {
+    use std::hint;
+    use std::ptr;
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::{mpsc, Arc, Mutex};
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use cpulocal::{cpu, RwLock};
+
+    use super::common;
+
+    /// Kept equal by writers, which break the equality for a while inside
+    /// their critical section; only a reader or writer that overlaps a
+    /// writer can see them differ.
+    struct Pair {
+        a: u64,
+        b: u64,
+    }
+
+    fn pause(n: u32) {
+        for _ in 0..n {
+            hint::spin_loop();
+        }
+    }
+
+    /// Reads both fields for real (they must not be cached in registers),
+    /// some time apart.
+    fn check(pair: &Pair, who: &str) -> u64 {
+        // SAFETY: reads of plain `u64` fields through valid references.
+        let a = unsafe { ptr::read_volatile(&pair.a) };
+        pause(16);
+        // SAFETY: as above.
+        let b = unsafe { ptr::read_volatile(&pair.b) };
+        assert_eq!(a, b, "{who} saw a writer's half-done update");
+        a
+    }
+
+    /// Checks the pair, then breaks the equality for a while and restores it.
+    fn write(pair: &mut Pair) {
+        check(pair, "writer");
+        // SAFETY: writes to plain fields through a valid `&mut`.
+        unsafe { ptr::write_volatile(&mut pair.a, pair.a + 1) };
+        pause(32);
+        // SAFETY: as above.
+        unsafe { ptr::write_volatile(&mut pair.b, pair.b + 1) };
+    }
+
+    extern "C" fn ignore(_: libc::c_int) {}
+
+    /// Installs a no-op SIGUSR1 handler (process-wide; harmless to others).
+    fn ignore_sigusr1() {
+        // SAFETY: a zeroed sigaction with an empty mask and a handler that
+        // does nothing.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = ignore as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, ptr::null_mut()), 0);
+        }
+    }
+
+    /// Readers (some through `try_read`, some hopping CPUs while they hold
+    /// the lock) and writers (some through `try_write`) on threads that hop
+    /// CPUs and receive a stream of signals; every critical section checks
+    /// [`Pair`]. Run here and in children under every backend and without
+    /// membarrier.
+    #[test]
+    fn invariant_holds() {
+        if !common::is_child() {
+            common::under_each_backend("stress::invariant_holds");
+            common::in_child("stress::invariant_holds", &[("CPULOCAL_MEMBARRIER", "0")]);
+        } else {
+            common::check_forced_backend();
+        }
+        if std::env::var("CPULOCAL_MEMBARRIER").is_ok() {
+            let shown = format!("{:?}", RwLock::new(()));
+            assert!(shown.contains("membarrier: false"), "{shown}");
+        }
+        ignore_sigusr1();
+        let cpus = cpu::allowed().expect("sched_getaffinity");
+        let lock = RwLock::new(Pair { a: 0, b: 0 });
+        let reads = common::scaled(100_000);
+        let writes = common::scaled(5_000);
+        let (readers, writers) = (3, 2);
+        let written = AtomicU64::new(0);
+        let try_reads = AtomicU64::new(0);
+        let finished = AtomicUsize::new(0);
+        let signals_done = AtomicBool::new(false);
+        let (tid_tx, tid_rx) = mpsc::channel();
+        thread::scope(|s| {
+            for t in 0..readers {
+                let (lock, cpus, tid_tx) = (&lock, &cpus, tid_tx.clone());
+                let (finished, signals_done, try_reads) = (&finished, &signals_done, &try_reads);
+                s.spawn(move || {
+                    // SAFETY: pthread_self has no preconditions.
+                    tid_tx.send(unsafe { libc::pthread_self() }).unwrap();
+                    for i in 0..reads {
+                        if i % 32 == 0 {
+                            common::hop(cpus, t + i / 32);
+                        }
+                        if i % 4 == 1 {
+                            if let Some(g) = lock.try_read() {
+                                check(&g, "try_read");
+                                try_reads.fetch_add(1, Ordering::Relaxed);
+                            }
+                            continue;
+                        }
+                        let g = lock.read();
+                        check(&g, "reader");
+                        if i % 64 == 3 {
+                            // Unlock on another CPU than the lock.
+                            common::hop(cpus, t + i / 64 + 1);
+                            check(&g, "reader after a hop");
+                        }
+                    }
+                    finished.fetch_add(1, Ordering::Release);
+                    while !signals_done.load(Ordering::Acquire) {
+                        thread::yield_now();
+                    }
+                });
+            }
+            for t in 0..writers {
+                let (lock, cpus, tid_tx) = (&lock, &cpus, tid_tx.clone());
+                let (finished, signals_done, written) = (&finished, &signals_done, &written);
+                s.spawn(move || {
+                    // SAFETY: pthread_self has no preconditions.
+                    tid_tx.send(unsafe { libc::pthread_self() }).unwrap();
+                    for i in 0..writes {
+                        if i % 8 == 0 {
+                            common::hop(cpus, t + i / 8);
+                        }
+                        let mut g = if i % 4 == 2 {
+                            match lock.try_write() {
+                                Some(g) => g,
+                                None => continue,
+                            }
+                        } else {
+                            lock.write()
+                        };
+                        write(&mut g);
+                        written.fetch_add(1, Ordering::Relaxed);
+                    }
+                    finished.fetch_add(1, Ordering::Release);
+                    while !signals_done.load(Ordering::Acquire) {
+                        thread::yield_now();
+                    }
+                });
+            }
+            drop(tid_tx);
+            let tids: Vec<libc::pthread_t> = tid_rx.iter().take(readers + writers).collect();
+            let mut sent = 0u64;
+            while finished.load(Ordering::Acquire) < readers + writers {
+                for &tid in &tids {
+                    // SAFETY: no worker returns before `signals_done`, so
+                    // every `tid` is a live thread.
+                    assert_eq!(unsafe { libc::pthread_kill(tid, libc::SIGUSR1) }, 0);
+                    sent += 1;
+                }
+                thread::sleep(Duration::from_micros(200));
+            }
+            signals_done.store(true, Ordering::Release);
+            assert!(sent > 10, "only {sent} signals sent: the test proves little");
+        });
+        let total = written.load(Ordering::Relaxed);
+        assert!(total > writes as u64, "only {total} writes");
+        assert!(try_reads.load(Ordering::Relaxed) > 0);
+        let pair = lock.into_inner();
+        assert_eq!((pair.a, pair.b), (total, total));
+    }
+
+    /// A writer must get in while readers keep arriving: they back off and
+    /// wait once it has announced itself.
+    #[test]
+    fn writer_not_starved_by_reader_stream() {
+        let cpus = cpu::allowed().expect("sched_getaffinity");
+        let lock = Arc::new(RwLock::new(Pair { a: 0, b: 0 }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..3)
+            .map(|t| {
+                let (lock, stop, cpus) = (lock.clone(), stop.clone(), cpus.clone());
+                thread::spawn(move || {
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        if i % 256 == 0 {
+                            common::hop(&cpus, t + i / 256);
+                        }
+                        let g = lock.read();
+                        check(&g, "reader");
+                        pause(64);
+                        drop(g);
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        // Let the readers get going: a writer must then overlap them.
+        thread::sleep(Duration::from_millis(20));
+        let writes = common::scaled(200) as u64;
+        let (done_tx, done_rx) = mpsc::channel();
+        let writer_lock = lock.clone();
+        thread::spawn(move || {
+            let start = Instant::now();
+            for _ in 0..writes {
+                write(&mut writer_lock.write());
+            }
+            let _ = done_tx.send(start.elapsed());
+        });
+        let outcome = done_rx.recv_timeout(Duration::from_secs(20));
+        stop.store(true, Ordering::Relaxed);
+        let took = outcome.expect("the writer starved: no progress in 20 s");
+        for r in readers {
+            r.join().unwrap();
+        }
+        assert_eq!(lock.read().a, writes, "{writes} writes in {took:?}");
+    }
+
+    /// Waits until thread `tid` of this process sleeps (blocked in the
+    /// kernel), at most 10 s.
+    fn wait_until_asleep(tid: libc::pid_t) {
+        let path = format!("/proc/self/task/{tid}/stat");
+        let start = Instant::now();
+        loop {
+            let stat = std::fs::read_to_string(&path).expect("thread stat");
+            // The state follows the parenthesized command name.
+            let state = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next());
+            if state == Some("S") {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "thread {tid} never slept");
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A reader that met a writer gets in before the next writer, blocking
+    /// or spinning on `try_write`.
+    #[test]
+    fn blocked_reader_goes_before_next_writer() {
+        let lock = RwLock::new(());
+        let order = Mutex::new(Vec::new());
+        let (tid_tx, tid_rx) = mpsc::channel();
+        thread::scope(|s| {
+            let first = lock.write();
+            let reader = s.spawn(|| {
+                // SAFETY: gettid has no preconditions.
+                tid_tx.send(unsafe { libc::gettid() }).unwrap();
+                let _g = lock.read();
+                order.lock().unwrap().push("reader");
+            });
+            // The reader sleeps only once it has registered as parked.
+            wait_until_asleep(tid_rx.recv().unwrap());
+            let writer = s.spawn(|| {
+                let _g = lock.write();
+                order.lock().unwrap().push("writer");
+            });
+            let spinner = s.spawn(|| loop {
+                if let Some(_g) = lock.try_write() {
+                    order.lock().unwrap().push("writer");
+                    break;
+                }
+                hint::spin_loop();
+            });
+            thread::sleep(Duration::from_millis(50));
+            drop(first);
+            reader.join().unwrap();
+            writer.join().unwrap();
+            spinner.join().unwrap();
+        });
+        assert_eq!(*order.lock().unwrap(), ["reader", "writer", "writer"]);
+    }
+}
