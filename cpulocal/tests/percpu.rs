@@ -105,9 +105,13 @@ fn growth_loses_no_update_and_traversals_stay_safe() {
     };
     let committed_before = percpu::stats().committed;
     let done = AtomicBool::new(false);
+    let walking = AtomicBool::new(false);
     let adds = common::scaled(200_000);
     let grown = std::thread::scope(|s| {
         let grower = s.spawn(|| {
+            while !walking.load(Ordering::Acquire) {
+                std::thread::yield_now();
+            }
             // 16 MiB per CPU in 4 KiB pieces: hundreds of commits.
             let held: Vec<Percpu> = (0..4096).map(|_| Percpu::alloc(4096).unwrap()).collect();
             done.store(true, Ordering::Release);
@@ -115,7 +119,8 @@ fn growth_loses_no_update_and_traversals_stay_safe() {
         });
         let walker = s.spawn(|| {
             let mut walks = 0u64;
-            while !done.load(Ordering::Acquire) {
+            while !done.load(Ordering::Acquire) || walks == 0 {
+                walking.store(true, Ordering::Release);
                 let mut sum = 0;
                 counter.foreach(|_, p| sum += word(p).load(Ordering::Relaxed));
                 assert!(sum <= 2 * adds as u64);
