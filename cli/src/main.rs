@@ -1,19 +1,5 @@
-//! `cpulocal`: a short demo until the benchmark report lands.
-use std::time::Instant;
+//! `cpulocal`: the side-by-side benchmark report. See `cpulocal --help`.
 
-fn main() {
-    let c = cpulocal::Counter::new();
-    let n = 50_000_000u64;
-    let t = Instant::now();
-    for _ in 0..n {
-        c.inc();
-    }
-    let el = t.elapsed();
-    println!(
-        "backend {} cpus {} sum {} {:.2} ns/add",
-        cpulocal::cpu::backend(),
-        cpulocal::cpu::count(),
-        c.sum(),
-        el.as_nanos() as f64 / n as f64
-    );
+fn main() -> std::process::ExitCode {
+    cpulocal_cli::main_with_args(std::env::args_os().skip(1))
 }
