@@ -15,33 +15,13 @@ use cpulocal::cpu::{self, Backend};
 use cpulocal::ops::PercpuU64;
 use cpulocal::Counter;
 
-/// Disables glibc's rseq registration, so this library registers its own
-/// area per thread (and unregisters it in a thread-exit destructor).
-const OWN_RSEQ: (&str, &str) = ("GLIBC_TUNABLES", "glibc.pthread.rseq=0");
-
-/// Runs test `name` in a child under every backend, then under rseq with
-/// the library's own registration.
-fn under_every_path(name: &str) {
-    common::under_each_backend(name);
-    common::in_child(name, &[("CPULOCAL_BACKEND", "rseq"), OWN_RSEQ]);
-}
-
-/// Whether this child runs with the library's own rseq registration.
-fn own_rseq() -> bool {
-    std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.pthread.rseq=0"))
-}
-
-fn allowed() -> Vec<usize> {
-    cpu::allowed().expect("sched_getaffinity")
-}
-
 #[test]
 fn hopping_add_sub_is_exact() {
     if !common::is_child() {
-        return under_every_path("hopping_add_sub_is_exact");
+        return common::under_every_path("hopping_add_sub_is_exact");
     }
     common::check_forced_backend();
-    let cpus = allowed();
+    let cpus = common::allowed();
     let c = Counter::new();
     let n = common::scaled(100_000) as u64;
     thread::scope(|s| {
@@ -64,10 +44,10 @@ fn hopping_add_sub_is_exact() {
 #[test]
 fn sub_on_another_cpu_cancels_add() {
     if !common::is_child() {
-        return under_every_path("sub_on_another_cpu_cancels_add");
+        return common::under_every_path("sub_on_another_cpu_cancels_add");
     }
     common::check_forced_backend();
-    let cpus = allowed();
+    let cpus = common::allowed();
     let mut c = Counter::default();
     for step in 0..100 {
         common::hop(&cpus, step);
@@ -97,28 +77,15 @@ extern "C" fn count_in_handler(_sig: libc::c_int) {
     HANDLED.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Installs `handler` for SIGUSR1 (in a test child: process-wide).
-fn on_sigusr1(handler: extern "C" fn(libc::c_int)) {
-    // SAFETY: a zeroed sigaction with an empty mask and a handler that only
-    // touches atomics and per-CPU counters (async-signal-safe).
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = handler as libc::sighandler_t;
-        sa.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut sa.sa_mask);
-        assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
-    }
-}
-
 #[test]
 fn signal_stream_is_exact() {
     if !common::is_child() {
-        return under_every_path("signal_stream_is_exact");
+        return common::under_every_path("signal_stream_is_exact");
     }
     common::check_forced_backend();
-    let cpus = allowed();
+    let cpus = common::allowed();
     let c = SIGNALLED.get_or_init(Counter::new);
-    on_sigusr1(count_in_handler);
+    common::on_sigusr1(count_in_handler);
     let n = common::scaled(400_000) as u64;
     let (ready, started) = mpsc::channel();
     let done = AtomicBool::new(false);
@@ -140,12 +107,12 @@ fn signal_stream_is_exact() {
             // ones stay pending until the thread exits. (Scoped threads count
             // as finished before they exit: without this a late handler
             // could count after the totals are read.)
-            block_sigusr1();
+            common::block_sigusr1();
             done.store(true, Ordering::Release);
             i
         });
         let target = started.recv().unwrap();
-        signal_until(target, &done);
+        common::signal_until(target, &done, &HANDLED);
         worker.join().unwrap()
     });
     let handled = HANDLED.load(Ordering::Relaxed);
@@ -155,10 +122,10 @@ fn signal_stream_is_exact() {
 #[test]
 fn fork_mid_count_child_keeps_counting() {
     if !common::is_child() {
-        return under_every_path("fork_mid_count_child_keeps_counting");
+        return common::under_every_path("fork_mid_count_child_keeps_counting");
     }
     common::check_forced_backend();
-    let cpus = allowed();
+    let cpus = common::allowed();
     let c = Counter::new();
     let k = common::scaled(50_000) as u64;
     let stop = AtomicBool::new(false);
@@ -244,10 +211,10 @@ fn child_counts(c: &Counter, cpus: &[usize], k: u64) -> i32 {
 #[test]
 fn thread_churn_is_exact() {
     if !common::is_child() {
-        return under_every_path("thread_churn_is_exact");
+        return common::under_every_path("thread_churn_is_exact");
     }
     common::check_forced_backend();
-    let cpus = allowed();
+    let cpus = common::allowed();
     let c = Counter::new();
     let rounds = common::scaled(40);
     let per = 500u64;
@@ -293,13 +260,13 @@ thread_local! {
 #[test]
 fn thread_exit_destructors_are_counted() {
     if !common::is_child() {
-        return under_every_path("thread_exit_destructors_are_counted");
+        return common::under_every_path("thread_exit_destructors_are_counted");
     }
     common::check_forced_backend();
-    if own_rseq() {
+    if common::own_rseq() {
         assert_eq!(cpu::backend(), Backend::Rseq, "own rseq registration not used");
     }
-    let cpus = allowed();
+    let cpus = common::allowed();
     let counter: &'static Counter = Box::leak(Box::new(Counter::new()));
     let words: &'static PercpuU64 = Box::leak(Box::new(PercpuU64::new()));
     let (threads, per, at_exit) = (common::scaled(100) as u64, 200u64, 300u64);
@@ -330,7 +297,7 @@ fn thread_exit_destructors_are_counted() {
                 // registration), so destroyed after it: the destructor counts
                 // with no rseq area left.
                 AT_EXIT.with(|a| a.set(Some(CountAtExit { counter, words, n: at_exit })));
-                common::hop(&allowed(), i as usize);
+                common::hop(&common::allowed(), i as usize);
                 for _ in 0..per {
                     counter.inc();
                     words.add(1);
@@ -346,41 +313,9 @@ fn thread_exit_destructors_are_counted() {
     assert_eq!(counter.sum(), want, "{counter:?}");
     assert_eq!(words.sum(), want, "{words:?}");
     let spill = words.load_on(cpu::count()).unwrap();
-    if own_rseq() {
+    if common::own_rseq() {
         assert_eq!(spill, threads * at_exit, "destructors must count in the spill word");
     } else if cpu::backend() != Backend::Rseq {
         assert_eq!(spill, 0, "only rseq threads without an area use the spill word");
-    }
-}
-
-/// Blocks SIGUSR1 for the calling thread.
-fn block_sigusr1() {
-    // SAFETY: the set is initialized by sigemptyset before use; changing the
-    // calling thread's own mask has no other preconditions.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGUSR1);
-        assert_eq!(libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()), 0);
-    }
-}
-
-/// Sends SIGUSR1 to `target` until `done`, each signal once the previous one
-/// has been handled: the target gets to run between two signals (a flood
-/// could keep it in its handler), and each lands at a random point.
-fn signal_until(target: libc::pthread_t, done: &AtomicBool) {
-    while !done.load(Ordering::Acquire) {
-        let before = HANDLED.load(Ordering::Relaxed);
-        // SAFETY: the target thread is not joined yet, so `target` is valid.
-        assert_eq!(unsafe { libc::pthread_kill(target, libc::SIGUSR1) }, 0);
-        let mut spins = 0u32;
-        while HANDLED.load(Ordering::Relaxed) == before && !done.load(Ordering::Acquire) {
-            spins += 1;
-            if spins % 64 == 0 {
-                thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
-        }
     }
 }

@@ -15,25 +15,6 @@ use std::thread;
 use cpulocal::cpu::{self, Backend};
 use cpulocal::ops::{Node, PercpuStack, PercpuU64};
 
-/// Disables glibc's rseq registration, so this library registers its own
-/// area per thread (and unregisters it in a thread-exit destructor).
-const OWN_RSEQ: (&str, &str) = ("GLIBC_TUNABLES", "glibc.pthread.rseq=0");
-
-/// Runs test `name` in a child under every backend, then under rseq with
-/// the library's own registration.
-fn under_every_path(name: &str) {
-    common::under_each_backend(name);
-    common::in_child(name, &[("CPULOCAL_BACKEND", "rseq"), OWN_RSEQ]);
-}
-
-fn own_rseq() -> bool {
-    std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.pthread.rseq=0"))
-}
-
-fn allowed() -> Vec<usize> {
-    cpu::allowed().expect("sched_getaffinity")
-}
-
 #[test]
 fn send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
@@ -57,10 +38,10 @@ fn cas_increment(w: &PercpuU64) -> usize {
 #[test]
 fn compare_store_on_the_current_cpu() {
     if !common::is_child() {
-        return under_every_path("compare_store_on_the_current_cpu");
+        return common::under_every_path("compare_store_on_the_current_cpu");
     }
     common::check_forced_backend();
-    let cpus = allowed();
+    let cpus = common::allowed();
     let mut w = PercpuU64::default();
     for (step, &cpu) in cpus.iter().enumerate() {
         common::hop(&cpus, step);
@@ -88,10 +69,10 @@ fn compare_store_on_the_current_cpu() {
 #[test]
 fn compare_store_increments_are_exact() {
     if !common::is_child() {
-        return under_every_path("compare_store_increments_are_exact");
+        return common::under_every_path("compare_store_increments_are_exact");
     }
     common::check_forced_backend();
-    let cpus = allowed();
+    let cpus = common::allowed();
     let w = PercpuU64::new();
     let n = common::scaled(50_000);
     thread::scope(|s| {
@@ -175,10 +156,10 @@ fn churn(stack: &PercpuStack<Item>, rng: &mut u64) -> usize {
 #[test]
 fn stack_neither_loses_nor_duplicates_nodes() {
     if !common::is_child() {
-        return under_every_path("stack_neither_loses_nor_duplicates_nodes");
+        return common::under_every_path("stack_neither_loses_nor_duplicates_nodes");
     }
     common::check_forced_backend();
-    let cpus = allowed();
+    let cpus = common::allowed();
     let stack = PercpuStack::new();
     let m = 64;
     for id in 0..m {
@@ -273,10 +254,10 @@ fn reorder_in_handler(stack: &PercpuStack<Item>) {
 #[test]
 fn signal_stream_keeps_ops_exact() {
     if !common::is_child() {
-        return under_every_path("signal_stream_keeps_ops_exact");
+        return common::under_every_path("signal_stream_keeps_ops_exact");
     }
     common::check_forced_backend();
-    let cpus = allowed();
+    let cpus = common::allowed();
     let w = SIGNALLED.get_or_init(PercpuU64::new);
     let raw = Box::into_raw(Box::new(PercpuStack::new()));
     // SAFETY: `raw` stays allocated until the `Box::from_raw` below, after
@@ -284,7 +265,7 @@ fn signal_stream_keeps_ops_exact() {
     let stack: &PercpuStack<Item> = unsafe { &*raw };
     let m = 16;
     SIGNALLED_STACK.store(raw, Ordering::Release);
-    on_sigusr1(ops_in_handler);
+    common::on_sigusr1(ops_in_handler);
     let n = common::scaled(200_000);
     let (ready, started) = mpsc::channel();
     let done = AtomicBool::new(false);
@@ -315,12 +296,12 @@ fn signal_stream_keeps_ops_exact() {
             // ones stay pending until the thread exits. (Scoped threads count
             // as finished before they exit: without this a late handler
             // could count after the totals are read.)
-            block_sigusr1();
+            common::block_sigusr1();
             done.store(true, Ordering::Release);
             i
         });
         let target = started.recv().unwrap();
-        signal_until(target, &done);
+        common::signal_until(target, &done, &HANDLED);
         worker.join().unwrap()
     });
     SIGNALLED_STACK.store(ptr::null_mut(), Ordering::Release);
@@ -360,10 +341,10 @@ thread_local! {
 #[test]
 fn stack_in_thread_exit_destructors() {
     if !common::is_child() {
-        return under_every_path("stack_in_thread_exit_destructors");
+        return common::under_every_path("stack_in_thread_exit_destructors");
     }
     common::check_forced_backend();
-    if own_rseq() {
+    if common::own_rseq() {
         assert_eq!(cpu::backend(), Backend::Rseq, "own rseq registration not used");
     }
     let raw = Box::into_raw(Box::new(PercpuStack::new()));
@@ -381,7 +362,7 @@ fn stack_in_thread_exit_destructors() {
         .join()
         .unwrap();
     }
-    if own_rseq() {
+    if common::own_rseq() {
         // The destructors ran without an rseq area: their nodes went to the
         // spill list, where this thread's pops find them.
         let mut ids: Vec<usize> =
@@ -396,49 +377,4 @@ fn stack_in_thread_exit_destructors() {
     // has been joined, and `stack` is not used again.
     let stack = unsafe { Box::from_raw(raw) };
     check_all_present(*stack, threads);
-}
-
-/// Blocks SIGUSR1 for the calling thread.
-fn block_sigusr1() {
-    // SAFETY: the set is initialized by sigemptyset before use; changing the
-    // calling thread's own mask has no other preconditions.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGUSR1);
-        assert_eq!(libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()), 0);
-    }
-}
-
-/// Installs `handler` for SIGUSR1 (in a test child: process-wide).
-fn on_sigusr1(handler: extern "C" fn(libc::c_int)) {
-    // SAFETY: a zeroed sigaction with an empty mask and a handler that only
-    // touches atomics and per-CPU words (async-signal-safe).
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = handler as libc::sighandler_t;
-        sa.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut sa.sa_mask);
-        assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
-    }
-}
-
-/// Sends SIGUSR1 to `target` until `done`, each signal once the previous one
-/// has been handled: the target gets to run between two signals (a flood
-/// could keep it in its handler), and each lands at a random point.
-fn signal_until(target: libc::pthread_t, done: &AtomicBool) {
-    while !done.load(Ordering::Acquire) {
-        let before = HANDLED.load(Ordering::Relaxed);
-        // SAFETY: the target thread is not joined yet, so `target` is valid.
-        assert_eq!(unsafe { libc::pthread_kill(target, libc::SIGUSR1) }, 0);
-        let mut spins = 0u32;
-        while HANDLED.load(Ordering::Relaxed) == before && !done.load(Ordering::Acquire) {
-            spins += 1;
-            if spins % 64 == 0 {
-                thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
-        }
-    }
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Every `CPULOCAL_BACKEND` value, in order.
 pub const BACKENDS: [&str; 3] = ["rseq", "getcpu", "fallback"];
@@ -64,5 +65,71 @@ pub fn scaled(n: usize) -> usize {
         (n / 50).max(1)
     } else {
         n
+    }
+}
+
+/// Disables glibc's rseq registration, so this library registers its own
+/// area per thread (and unregisters it in a thread-exit destructor).
+pub const OWN_RSEQ: (&str, &str) = ("GLIBC_TUNABLES", "glibc.pthread.rseq=0");
+
+/// Runs test `name` in a child under every backend, then under rseq with
+/// the library's own registration.
+pub fn under_every_path(name: &str) {
+    under_each_backend(name);
+    in_child(name, &[("CPULOCAL_BACKEND", "rseq"), OWN_RSEQ]);
+}
+
+/// Whether this child runs with the library's own rseq registration.
+pub fn own_rseq() -> bool {
+    std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.pthread.rseq=0"))
+}
+
+pub fn allowed() -> Vec<usize> {
+    cpulocal::cpu::allowed().expect("sched_getaffinity")
+}
+
+/// Blocks SIGUSR1 for the calling thread.
+pub fn block_sigusr1() {
+    // SAFETY: the set is initialized by sigemptyset before use; changing the
+    // calling thread's own mask has no other preconditions.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        assert_eq!(libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()), 0);
+    }
+}
+
+/// Installs `handler` for SIGUSR1 (in a test child: process-wide).
+pub fn on_sigusr1(handler: extern "C" fn(libc::c_int)) {
+    // SAFETY: a zeroed sigaction with an empty mask and a handler that only
+    // touches atomics and per-CPU counters (async-signal-safe).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler as libc::sighandler_t;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
+    }
+}
+
+/// Sends SIGUSR1 to `target` until `done`, each signal once the previous one
+/// has been handled
+/// (`handled` went up): the target gets to run between two signals (a flood
+/// could keep it in its handler), and each lands at a random point.
+pub fn signal_until(target: libc::pthread_t, done: &AtomicBool, handled: &AtomicU64) {
+    while !done.load(Ordering::Acquire) {
+        let before = handled.load(Ordering::Relaxed);
+        // SAFETY: the target thread is not joined yet, so `target` is valid.
+        assert_eq!(unsafe { libc::pthread_kill(target, libc::SIGUSR1) }, 0);
+        let mut spins = 0u32;
+        while handled.load(Ordering::Relaxed) == before && !done.load(Ordering::Acquire) {
+            spins += 1;
+            if spins % 64 == 0 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
     }
 }
