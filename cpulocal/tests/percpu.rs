@@ -192,12 +192,12 @@ fn exhausting_a_region_is_an_error_not_a_crash() {
     let reserved = percpu::stats().reserved;
     let keep = Percpu::alloc(8).unwrap();
     fill_all(&keep, 7);
-    let err = Percpu::alloc(reserved - 4096).err();
-    // It fits only if the region is nearly empty; either way nothing breaks.
-    if let Some(e) = err {
-        assert!(matches!(e, AllocError::TooLarge { .. }), "{e}");
-    }
+    // `keep` holds part of the region, so a whole region's worth cannot fit.
+    let err = Percpu::alloc(reserved).unwrap_err();
+    assert!(matches!(err, AllocError::TooLarge { .. }), "{err}");
     check_all(&keep, 7, "earlier allocation");
+    let after = Percpu::alloc(8).unwrap();
+    check_all(&after, 0, "allocation after the failure");
 }
 
 #[test]
