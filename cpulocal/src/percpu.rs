@@ -14,7 +14,8 @@
 use std::error::Error;
 use std::fmt;
 use std::marker::PhantomData;
-use std::ptr::NonNull;
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 use crate::{cpu, region};
 
@@ -244,5 +245,127 @@ impl PercpuRef<'_> {
 impl fmt::Debug for PercpuRef<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PercpuRef").field("cpu", &self.cpu).field("ptr", &self.ptr).finish()
+    }
+}
+
+/// A [`Percpu`] that a `const fn` can make: the per-CPU bytes are allocated
+/// on first use, so that per-CPU objects can live in a `static`.
+///
+/// The fast path is one load of the base pointer (a plain `mov` on x86-64)
+/// and a test for null. Threads that race to the first use each allocate;
+/// one publishes its allocation and the others free theirs, so every
+/// thread sees the same zero-filled copies. A failed allocation is not
+/// remembered: the next use tries again.
+#[allow(dead_code)] // until the const constructors use it
+pub(crate) struct LazyPercpu {
+    /// Slot 0's copy, or null until allocated.
+    ptr0: AtomicPtr<u8>,
+    size: usize,
+    align: usize,
+}
+
+#[allow(dead_code)]
+impl LazyPercpu {
+    /// `size` bytes aligned to `align` per CPU, allocated on first use.
+    /// Invalid sizes or alignments are reported by [`get_or_alloc`].
+    ///
+    /// [`get_or_alloc`]: Self::get_or_alloc
+    pub(crate) const fn new(size: usize, align: usize) -> LazyPercpu {
+        LazyPercpu { ptr0: AtomicPtr::new(ptr::null_mut()), size, align }
+    }
+
+    /// Slot 0's copy, if allocated. The acquire load pairs with the
+    /// publishing exchange, so the zeroed bytes are visible.
+    #[inline(always)]
+    pub(crate) fn get(&self) -> Option<NonNull<u8>> {
+        NonNull::new(self.ptr0.load(Ordering::Acquire))
+    }
+
+    /// Slot 0's copy, allocating every CPU's copy on first use.
+    #[inline]
+    pub(crate) fn get_or_alloc(&self) -> Result<NonNull<u8>, AllocError> {
+        match self.get() {
+            Some(ptr0) => Ok(ptr0),
+            None => self.alloc_slow(),
+        }
+    }
+
+    #[cold]
+    fn alloc_slow(&self) -> Result<NonNull<u8>, AllocError> {
+        let ours = Percpu::alloc_aligned(self.size, self.align)?;
+        match self.ptr0.compare_exchange(
+            ptr::null_mut(),
+            ours.ptr0.as_ptr(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => {
+                let ptr0 = ours.ptr0;
+                std::mem::forget(ours);
+                Ok(ptr0)
+            }
+            // Another thread published first; `ours` is freed on return.
+            // SAFETY: only non-null pointers are ever published.
+            Err(theirs) => Ok(unsafe { NonNull::new_unchecked(theirs) }),
+        }
+    }
+
+    /// The copy in `slot` (a CPU id or [`cpu::spill_slot`]) of slot 0's copy
+    /// `ptr0`, unchecked.
+    #[inline(always)]
+    pub(crate) fn slot(ptr0: NonNull<u8>, slot: usize) -> *mut u8 {
+        region::slot_ptr(ptr0, slot)
+    }
+
+    /// The size of each CPU's copy, in bytes.
+    pub(crate) fn size(&self) -> usize {
+        self.size
+    }
+}
+
+impl Drop for LazyPercpu {
+    fn drop(&mut self) {
+        if let Some(ptr0) = NonNull::new(*self.ptr0.get_mut()) {
+            // SAFETY: `ptr0` came from `Percpu::alloc_aligned(size, align)`
+            // (forgotten when published), and `&mut self` means no copy is
+            // in use any more.
+            unsafe { region::free(ptr0, self.size) };
+        }
+    }
+}
+
+impl fmt::Debug for LazyPercpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LazyPercpu")
+            .field("size", &self.size)
+            .field("ptr0", &self.ptr0.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LazyPercpu;
+
+    #[test]
+    fn lazy_allocates_once_zeroed_and_frees() {
+        static LAZY: LazyPercpu = LazyPercpu::new(8, 8);
+        assert!(LAZY.get().is_none());
+        let ptrs: Vec<usize> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| LAZY.get_or_alloc().unwrap().as_ptr() as usize))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(ptrs.windows(2).all(|w| w[0] == w[1]), "racing first uses disagree: {ptrs:?}");
+        let ptr0 = LAZY.get().unwrap();
+        for slot in 0..crate::cpu::slots() {
+            // SAFETY: every slot's 8 bytes are allocated and aligned.
+            assert_eq!(unsafe { LazyPercpu::slot(ptr0, slot).cast::<u64>().read() }, 0);
+        }
+        let local = LazyPercpu::new(4096, 4096);
+        assert_eq!(local.get_or_alloc().unwrap().as_ptr() as usize % 4096, 0);
+        drop(local);
+        assert!(LazyPercpu::new(8, 3).get_or_alloc().is_err());
     }
 }
