@@ -66,7 +66,7 @@ fn info() -> &'static Info {
 
 fn detect() -> Info {
     let possible = sys::possible_cpus();
-    let count = possible.unwrap_or_else(sys::configured_cpus).max(1);
+    let count = possible_override().or(possible).unwrap_or_else(sys::configured_cpus).max(1);
     let forced = std::env::var("CPULOCAL_BACKEND").ok();
     let start = match forced.as_deref().map(str::trim) {
         None | Some("") | Some("auto") | Some("rseq") => Backend::Rseq,
@@ -90,6 +90,22 @@ fn detect() -> Info {
     };
     COUNT.store(count, Ordering::Relaxed);
     Info { count, backend }
+}
+
+/// `CPULOCAL_POSSIBLE_CPUS=N`: pretend `N` CPU ids are possible, for tests
+/// and benchmarks that simulate a larger (or smaller) machine. Not for
+/// production use: a count below the real one puts CPUs the kernel reports
+/// outside the per-CPU arrays, which every per-CPU operation must then
+/// survive.
+fn possible_override() -> Option<usize> {
+    let var = std::env::var("CPULOCAL_POSSIBLE_CPUS").ok()?;
+    match var.trim().parse::<usize>() {
+        Ok(n) if (1..=1 << 16).contains(&n) => Some(n),
+        _ => {
+            eprintln!("cpulocal: ignoring CPULOCAL_POSSIBLE_CPUS={var:?} (expected 1 to 65536)");
+            None
+        }
+    }
 }
 
 /// The backend this process uses. See the [module docs](self).
