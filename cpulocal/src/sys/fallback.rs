@@ -99,6 +99,12 @@ pub(crate) mod membarrier {
     pub(crate) fn heavy() -> bool {
         false
     }
+
+    /// A full fence issued by the calling thread.
+    #[inline(always)]
+    pub(crate) fn full_fence() {
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 pub(crate) mod rseq {
