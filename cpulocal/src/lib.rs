@@ -31,7 +31,9 @@ pub mod xcall;
 pub use counter::Counter;
 pub use cpu_local::{CpuLocal, CpuLocalGuard};
 pub use percpu::AllocError;
-pub use rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+pub use rwlock::{
+    MappedRwLockReadGuard, MappedRwLockWriteGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
 
 /// The README's example, compiled and run as a doctest.
 #[cfg(doctest)]

@@ -256,7 +256,6 @@ impl fmt::Debug for PercpuRef<'_> {
 /// one publishes its allocation and the others free theirs, so every
 /// thread sees the same zero-filled copies. A failed allocation is not
 /// remembered: the next use tries again.
-#[allow(dead_code)] // until the const constructors use it
 pub(crate) struct LazyPercpu {
     /// Slot 0's copy, or null until allocated.
     ptr0: AtomicPtr<u8>,

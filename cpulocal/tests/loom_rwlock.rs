@@ -10,10 +10,19 @@
 //! is a loom `UnsafeCell`: a reader overlapping a writer is a causality
 //! violation.
 //!
-//! What the model cannot show: `membarrier` (readers and writer both use
-//! `fence(SeqCst)` here, which is the library's fallback mode), the
-//! restartable sequences (a count is one atomic add), and the spinning
-//! (`SPINS` is 0: every wait sleeps at once).
+//! `membarrier` is modelled by what it guarantees: each thread has a loom
+//! `Mutex` that its light fence locks and unlocks, and the heavy barrier
+//! locks and unlocks every thread's. Either a reader's light fence comes
+//! first (its count happens-before the writer's sums) or the barrier does
+//! (the writer's WRITER happens-before the reader's check), which is what
+//! a barrier run on every CPU at once gives. The clock jumps far ahead on
+//! every reading and readers look at it on every fenced lock, so readers
+//! leave the fenced mode as soon as the protocol lets them: the model
+//! explores the mode switches as often as it can.
+//!
+//! What the model cannot show: the restartable sequences (a count is one
+//! atomic add), and the spinning (`SPINS` and `YIELDS` are 0: every wait
+//! sleeps at once, and writers give waiting readers no moment).
 //!
 //! Run with
 //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release -p cpulocal --test loom_rwlock`.
@@ -28,6 +37,7 @@ mod raw;
 
 use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64 as StdAtomicU64, AtomicUsize as StdAtomicUsize};
 
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
@@ -39,10 +49,18 @@ use raw::{Env, RawRwLock};
 /// Model CPUs.
 const SLOTS: usize = 2;
 
+/// Model threads at most (each has a light-fence mutex).
+const THREADS: usize = 4;
+
+/// Hands out thread numbers; reset by every model run's `Lock::new`.
+static NEXT_THREAD: StdAtomicUsize = StdAtomicUsize::new(0);
+
 loom::thread_local! {
     /// The model CPU the thread is on, and whether it moves to the next one
     /// after each count it makes.
     static CPU: Cell<(usize, bool)> = Cell::new((0, false));
+    /// The thread's number, for its light-fence mutex.
+    static ME: usize = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Puts the calling thread on `slot`; with `hops`, it moves on after every
@@ -50,6 +68,26 @@ loom::thread_local! {
 fn run_on(slot: usize, hops: bool) {
     CPU.with(|c| c.set((slot, hops)));
 }
+
+/// How the model departs from the library, to show what each part is for.
+#[derive(Clone, Copy)]
+struct Config {
+    /// Split lock and unlock counts (the library), or one in-minus-out
+    /// count per slot.
+    split: bool,
+    /// The fences between a reader's count and its check of `state` (the
+    /// light and the fenced one, and the heavy barrier that backs the
+    /// light one) do their job (the library), or nothing at all.
+    fences: bool,
+    /// The process has a heavy barrier (`membarrier`).
+    membarrier: bool,
+    /// Readers skip the fence of the fenced path (a bug).
+    skip_fenced_fence: bool,
+}
+
+/// The library's configuration.
+const LIBRARY: Config =
+    Config { split: true, fences: true, membarrier: true, skip_fenced_fence: false };
 
 /// The slot for the calling thread's next count.
 fn next_slot() -> usize {
@@ -62,33 +100,36 @@ fn next_slot() -> usize {
     })
 }
 
-/// Per-slot counts, either split (the library's scheme) or one in-minus-out
-/// count per slot (the scheme the split replaces); fences, or none (to show
-/// they are needed).
+/// Per-slot counts, fences, futex and clock, as `Config` says.
 struct Model {
-    split: bool,
-    fences: bool,
+    config: Config,
     locks: [AtomicU64; SLOTS],
     unlocks: [AtomicU64; SLOTS],
+    /// Each thread's light-fence mutex.
+    fences: [Mutex<()>; THREADS],
     sleepers: Mutex<()>,
     wakeup: Condvar,
+    clock: StdAtomicU64,
 }
 
 impl Model {
-    fn new(split: bool, fences: bool) -> Model {
+    fn new(config: Config) -> Model {
+        NEXT_THREAD.store(0, Ordering::Relaxed);
         Model {
-            split,
-            fences,
+            config,
             locks: [AtomicU64::new(0), AtomicU64::new(0)],
             unlocks: [AtomicU64::new(0), AtomicU64::new(0)],
+            fences: [Mutex::new(()), Mutex::new(()), Mutex::new(()), Mutex::new(())],
             sleepers: Mutex::new(()),
             wakeup: Condvar::new(),
+            clock: StdAtomicU64::new(0),
         }
     }
 }
 
 impl Env for Model {
     const SPINS: u32 = 0;
+    const YIELDS: u32 = 0;
 
     fn count_lock(&self) {
         self.locks[next_slot()].fetch_add(1, Ordering::Relaxed);
@@ -96,7 +137,7 @@ impl Env for Model {
 
     fn count_unlock(&self) {
         let slot = next_slot();
-        if self.split {
+        if self.config.split {
             self.unlocks[slot].fetch_add(1, Ordering::Release);
         } else {
             self.locks[slot].fetch_sub(1, Ordering::Release);
@@ -115,16 +156,47 @@ impl Env for Model {
         self.unlocks[slot].load(Ordering::Acquire)
     }
 
-    fn reader_fence(&self) {
-        if self.fences {
+    fn light_fence(&self) {
+        if !self.config.fences {
+        } else if self.config.membarrier {
+            drop(self.fences[ME.with(|me| *me)].lock().unwrap());
+        } else {
             fence(Ordering::SeqCst);
         }
     }
 
-    fn writer_fence(&self) {
-        if self.fences {
-            fence(Ordering::SeqCst);
+    fn full_fence(&self) {
+        fence(Ordering::SeqCst);
+    }
+
+    fn fenced_reader_fence(&self) {
+        if self.config.fences && !self.config.skip_fenced_fence {
+            self.full_fence();
         }
+    }
+
+    fn heavy_barrier(&self) -> bool {
+        if !self.config.membarrier {
+            return false;
+        }
+        if self.config.fences {
+            for m in &self.fences {
+                drop(m.lock().unwrap());
+            }
+        }
+        true
+    }
+
+    fn has_heavy_barrier(&self) -> bool {
+        self.config.membarrier
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.fetch_add(1 << 40, Ordering::Relaxed)
+    }
+
+    fn clock_due(&self) -> bool {
+        true
     }
 
     fn wait(&self, word: &AtomicU32, expected: u32) {
@@ -132,6 +204,10 @@ impl Env for Model {
         if word.load(Ordering::SeqCst) == expected {
             drop(self.wakeup.wait(guard).unwrap());
         }
+    }
+
+    fn wait_briefly(&self, word: &AtomicU32, expected: u32) {
+        self.wait(word, expected);
     }
 
     fn wake(&self, _word: &AtomicU32, _n: u32) {
@@ -146,8 +222,8 @@ struct Lock {
 }
 
 impl Lock {
-    fn new(split: bool, fences: bool) -> Arc<Lock> {
-        let raw = RawRwLock::new(Model::new(split, fences));
+    fn new(config: Config) -> Arc<Lock> {
+        let raw = RawRwLock::new(Model::new(config));
         Arc::new(Lock { raw, data: UnsafeCell::new(0) })
     }
 
@@ -195,9 +271,9 @@ impl Lock {
 /// A reader that stays on slot 1, a reader that moves to the other slot
 /// after each count (so a back-off counts its lock on one slot and its
 /// unlock on the other), and a writer, all starting together.
-fn hopping_readers_and_a_writer(split: bool, fences: bool) {
+fn hopping_readers_and_a_writer(config: Config) {
     loom::model(move || {
-        let lock = Lock::new(split, fences);
+        let lock = Lock::new(config);
         let steady = {
             let lock = lock.clone();
             thread::spawn(move || {
@@ -223,9 +299,9 @@ fn hopping_readers_and_a_writer(split: bool, fences: bool) {
 /// A reader already inside (on slot 1) and descheduled there, while a
 /// writer and a hopping reader (slot 0, then 1, ...) arrive: the false-zero
 /// race in as few preemptions as loom can find it.
-fn reader_inside_then_hopper_and_writer(split: bool, fences: bool) {
+fn reader_inside_then_hopper_and_writer(config: Config) {
     loom::model(move || {
-        let lock = Lock::new(split, fences);
+        let lock = Lock::new(config);
         run_on(1, false);
         lock.raw.read_lock();
         let writer = {
@@ -256,8 +332,26 @@ fn reader_inside_then_hopper_and_writer(split: bool, fences: bool) {
 
 #[test]
 fn split_counts_keep_writer_out_while_readers_hop() {
-    hopping_readers_and_a_writer(true, true);
-    reader_inside_then_hopper_and_writer(true, true);
+    hopping_readers_and_a_writer(LIBRARY);
+    reader_inside_then_hopper_and_writer(LIBRARY);
+}
+
+/// Without a heavy barrier the lock fences its readers for good.
+#[test]
+fn without_membarrier_readers_fence_for_good() {
+    let config = Config { membarrier: false, ..LIBRARY };
+    hopping_readers_and_a_writer(config);
+    reader_inside_then_hopper_and_writer(config);
+}
+
+/// While the lock is fenced, writers issue no heavy barrier: a reader that
+/// then skips its fence can be inside with a writer. The model must find
+/// it.
+#[test]
+fn skipping_the_fence_in_fenced_mode_lets_writer_in() {
+    expect_violation(|| {
+        hopping_readers_and_a_writer(Config { skip_fenced_fence: true, ..LIBRARY })
+    });
 }
 
 /// Runs `model`, which must fail with a causality violation (a reader and
@@ -281,7 +375,7 @@ fn expect_violation(model: impl FnOnce()) {
 /// The model must find it.
 #[test]
 fn single_count_lets_writer_in_on_false_zero() {
-    expect_violation(|| reader_inside_then_hopper_and_writer(false, true));
+    expect_violation(|| reader_inside_then_hopper_and_writer(Config { split: false, ..LIBRARY }));
 }
 
 /// Without the fences (store buffering: the reader's count and the
@@ -289,14 +383,14 @@ fn single_count_lets_writer_in_on_false_zero() {
 /// inside together.
 #[test]
 fn missing_fences_let_writer_in() {
-    expect_violation(|| reader_inside_then_hopper_and_writer(true, false));
+    expect_violation(|| reader_inside_then_hopper_and_writer(Config { fences: false, ..LIBRARY }));
 }
 
 /// Two writers (one through `try_write`) and a reader through `try_read`.
 #[test]
 fn writers_exclude_each_other_and_try_locks() {
     loom::model(|| {
-        let lock = Lock::new(true, true);
+        let lock = Lock::new(LIBRARY);
         let writer = {
             let lock = lock.clone();
             thread::spawn(move || {
@@ -325,7 +419,7 @@ fn writers_exclude_each_other_and_try_locks() {
 #[test]
 fn parked_reader_between_two_writers() {
     loom::model(|| {
-        let lock = Lock::new(true, true);
+        let lock = Lock::new(LIBRARY);
         let writer = {
             let lock = lock.clone();
             thread::spawn(move || {

@@ -47,7 +47,7 @@ fn unsized_data() {
 fn debug_shows_data_unless_write_locked() {
     let lock = RwLock::new(5);
     let shown = format!("{lock:?}");
-    assert!(shown.starts_with("RwLock { data: 5, membarrier: "), "{shown}");
+    assert!(shown.starts_with("RwLock { data: 5, readers: "), "{shown}");
     assert!(shown.ends_with(", .. }"), "{shown}");
     let r = lock.read();
     assert!(format!("{lock:?}").contains("data: 5"));
@@ -58,16 +58,53 @@ fn debug_shows_data_unless_write_locked() {
     assert_eq!(format!("{w:?} {w}"), "5 5");
 }
 
+/// What a new lock's readers settle on once read a few hundred times
+/// without writes: no fence where writers can use `membarrier`, a fence for
+/// good where they cannot.
+fn settled_reader_mode() -> String {
+    let lock = RwLock::new(());
+    for _ in 0..1000 {
+        drop(lock.read());
+    }
+    format!("{lock:?}")
+}
+
 #[test]
 fn membarrier_used_unless_disabled() {
-    let shown = format!("{:?}", RwLock::new(()));
+    let shown = settled_reader_mode();
     let disabled = std::env::var("CPULOCAL_MEMBARRIER").is_ok_and(|v| v.trim() == "0");
     if disabled {
-        assert!(shown.contains("membarrier: false"), "{shown}");
+        assert!(shown.contains(r#"readers: "always fence""#), "{shown}");
     } else if cfg!(all(target_os = "linux", not(miri))) {
         // Linux 4.14+ has MEMBARRIER_CMD_PRIVATE_EXPEDITED.
-        assert!(shown.contains("membarrier: true"), "{shown}");
+        assert!(shown.contains(r#"readers: "no fence""#), "{shown}");
     }
+}
+
+/// Writes switch readers to the fenced path; once writes stop, reads
+/// switch them back.
+#[test]
+fn readers_fence_after_writes_and_stop_when_writes_stop() {
+    if !cfg!(all(target_os = "linux", not(miri)))
+        || std::env::var("CPULOCAL_MEMBARRIER").is_ok_and(|v| v.trim() == "0")
+    {
+        return;
+    }
+    let lock = RwLock::new(0);
+    for _ in 0..1000 {
+        drop(lock.read());
+    }
+    assert!(format!("{lock:?}").contains(r#"readers: "no fence""#), "{lock:?}");
+    *lock.write() += 1;
+    assert!(format!("{lock:?}").contains(r#"readers: "fence""#), "{lock:?}");
+    *lock.write() += 1;
+    // Long after the last write, a few hundred reads look at the clock.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    for _ in 0..1000 {
+        drop(lock.read());
+    }
+    assert!(format!("{lock:?}").contains(r#"readers: "no fence""#), "{lock:?}");
+    assert_eq!(*lock.read(), 2);
 }
 
 #[test]
@@ -121,7 +158,7 @@ mod stress {
     use std::hint;
     use std::ptr;
     use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-    use std::sync::{mpsc, Arc, Mutex};
+    use std::sync::{mpsc, Arc};
     use std::thread;
     use std::time::{Duration, Instant};
 
@@ -194,8 +231,8 @@ mod stress {
             common::check_forced_backend();
         }
         if std::env::var("CPULOCAL_MEMBARRIER").is_ok() {
-            let shown = format!("{:?}", RwLock::new(()));
-            assert!(shown.contains("membarrier: false"), "{shown}");
+            let shown = super::settled_reader_mode();
+            assert!(shown.contains(r#"readers: "always fence""#), "{shown}");
         }
         ignore_sigusr1();
         let cpus = cpu::allowed().expect("sched_getaffinity");
@@ -352,40 +389,75 @@ mod stress {
         }
     }
 
-    /// A reader that met a writer gets in before the next writer, blocking
-    /// or spinning on `try_write`.
+    /// Two writers lock back to back without pause; a reader still gets
+    /// in, over and over: a reader that met a writer gets a moment before
+    /// the next one. (Without it the reader starves, and the test runs
+    /// into its watchdog.)
     #[test]
-    fn blocked_reader_goes_before_next_writer() {
-        let lock = RwLock::new(());
-        let order = Mutex::new(Vec::new());
+    fn reader_gets_in_between_back_to_back_writers() {
+        let lock = RwLock::new(0u64);
+        let done = AtomicBool::new(false);
+        let started = Instant::now();
+        thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    while !done.load(Ordering::Relaxed) {
+                        *lock.write() += 1;
+                    }
+                });
+            }
+            let mut seen = 0;
+            for _ in 0..common::scaled(2_000) {
+                let v = *lock.read();
+                assert!(v >= seen, "reads went back from {seen} to {v}");
+                seen = v;
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "the reader starved behind back-to-back writers"
+                );
+            }
+            done.store(true, Ordering::Relaxed);
+        });
+    }
+
+    /// A reader waiting for a writer when another thread forks is gone in
+    /// the child, but counted as waiting there: writes in the child must not
+    /// wait for it. The child has 20 seconds (SIGALRM) to write twice.
+    #[test]
+    fn fork_with_a_waiting_reader_leaves_writes_working() {
+        let lock = RwLock::new(0);
         let (tid_tx, tid_rx) = mpsc::channel();
         thread::scope(|s| {
-            let first = lock.write();
+            let guard = lock.write();
             let reader = s.spawn(|| {
                 // SAFETY: gettid has no preconditions.
                 tid_tx.send(unsafe { libc::gettid() }).unwrap();
-                let _g = lock.read();
-                order.lock().unwrap().push("reader");
+                *lock.read()
             });
-            // The reader sleeps only once it has registered as parked.
             wait_until_asleep(tid_rx.recv().unwrap());
-            let writer = s.spawn(|| {
-                let _g = lock.write();
-                order.lock().unwrap().push("writer");
-            });
-            let spinner = s.spawn(|| loop {
-                if let Some(_g) = lock.try_write() {
-                    order.lock().unwrap().push("writer");
-                    break;
-                }
-                hint::spin_loop();
-            });
-            thread::sleep(Duration::from_millis(50));
-            drop(first);
-            reader.join().unwrap();
-            writer.join().unwrap();
-            spinner.join().unwrap();
+            // SAFETY: the child calls only the lock (futex and membarrier
+            // system calls, no allocation) and `_exit`.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0, "fork failed");
+            if pid == 0 {
+                // SAFETY: alarm and _exit are async-signal-safe.
+                unsafe { libc::alarm(20) };
+                drop(guard);
+                *lock.write() += 1;
+                *lock.write() += 1;
+                let ok = *lock.read() == 2;
+                // SAFETY: as above.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+            }
+            let mut status = 0;
+            // SAFETY: `pid` is our child; `status` is a valid out-pointer.
+            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "the child's writes hung or failed (wait status {status:#x})"
+            );
+            drop(guard);
+            assert_eq!(reader.join().unwrap(), 0);
         });
-        assert_eq!(*order.lock().unwrap(), ["reader", "writer", "writer"]);
     }
 }

@@ -17,17 +17,21 @@
 
 mod raw;
 
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
 use std::fmt;
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
+use std::panic::{RefUnwindSafe, UnwindSafe};
+use std::ptr::NonNull;
 // `raw` takes its atomics from `super::sync` (loom's in the model).
 use std::sync;
-use std::sync::atomic::{compiler_fence, fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{compiler_fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use crate::cpu::{self, Place};
-use crate::percpu::{AllocError, Percpu};
+use crate::percpu::{AllocError, LazyPercpu};
 use crate::sys;
 use raw::{Env, RawRwLock};
 
@@ -35,41 +39,56 @@ use raw::{Env, RawRwLock};
 const LOCKS: usize = 0;
 const UNLOCKS: usize = 8;
 
-/// Whether locks made from now on pair a reader compiler barrier with a
-/// writer `membarrier`, or fall back to a full fence in every reader.
+/// Whether writers may use `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`,
+/// so that readers can skip their fence while writes are rare.
 ///
-/// Decided once per process: `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`
-/// must register and work, and `CPULOCAL_MEMBARRIER` must not be `0`, `off`,
-/// `no` or `false` (how the tests exercise the fallback).
+/// Decided once per process: the barrier must register and work, and
+/// `CPULOCAL_MEMBARRIER` must not be `0`, `off`, `no` or `false` (how the
+/// tests exercise the fallback, where readers always fence).
+#[inline]
 fn use_membarrier() -> bool {
-    static USE: OnceLock<bool> = OnceLock::new();
-    *USE.get_or_init(|| {
-        let var = std::env::var("CPULOCAL_MEMBARRIER").unwrap_or_default();
-        let off = matches!(var.trim(), "0" | "off" | "no" | "false");
-        !off && sys::membarrier::available()
-    })
+    const UNKNOWN: u8 = 0;
+    const YES: u8 = 1;
+    static USE: AtomicU8 = AtomicU8::new(UNKNOWN);
+    match USE.load(Ordering::Relaxed) {
+        UNKNOWN => {
+            let var = std::env::var("CPULOCAL_MEMBARRIER").unwrap_or_default();
+            let off = matches!(var.trim(), "0" | "off" | "no" | "false");
+            let yes = !off && sys::membarrier::available();
+            USE.store(if yes { YES } else { YES + 1 }, Ordering::Relaxed);
+            yes
+        }
+        v => v == YES,
+    }
 }
 
-/// The per-CPU counts and the platform's fences and futex.
+/// The per-CPU counts and the platform's fences, clock and futex.
 struct Cpus {
-    /// Per slot: the lock count at [`LOCKS`], the unlock count at [`UNLOCKS`].
-    counts: Percpu,
-    /// Readers use a compiler barrier and the writer `membarrier`; otherwise
-    /// both use `fence(SeqCst)`.
-    membarrier: bool,
+    /// Per slot: the lock count at [`LOCKS`], the unlock count at
+    /// [`UNLOCKS`]; allocated on first use.
+    counts: LazyPercpu,
+    /// The counts of readers that found no per-CPU memory (allocation
+    /// failed): a lock without it still works, as a centralized one.
+    spare: [AtomicU64; 2],
 }
 
 impl Cpus {
+    const fn new() -> Cpus {
+        Cpus { counts: LazyPercpu::new(16, 16), spare: [AtomicU64::new(0), AtomicU64::new(0)] }
+    }
+
     #[inline(always)]
-    fn word(&self, slot: usize, offset: usize) -> &AtomicU64 {
-        // SAFETY: every slot holds 16 zeroed bytes aligned to 16, alive as
-        // long as `self`; with Place::Rseq the CPU slots are also written by
-        // restartable sequences, which are single instructions on this CPU.
-        unsafe { AtomicU64::from_ptr(self.counts.slot(slot).add(offset).cast()) }
+    fn word(&self, base: NonNull<u8>, slot: usize, offset: usize) -> &AtomicU64 {
+        // SAFETY: `base` is `self.counts`' allocation: every slot holds 16
+        // zeroed bytes aligned to 16, alive as long as `self`; with
+        // Place::Rseq the CPU slots are also written by restartable
+        // sequences, which are single instructions on this CPU.
+        unsafe { AtomicU64::from_ptr(LazyPercpu::slot(base, slot).add(offset).cast()) }
     }
 
     #[inline(always)]
     fn add(&self, offset: usize, order: Ordering) {
+        let Some(base) = self.counts.get() else { return self.add_cold(offset, order) };
         match cpu::place() {
             // SAFETY: `area` is this thread's; every slot's 16 bytes are
             // valid; with Place::Rseq, CPU slots are only updated by
@@ -77,17 +96,44 @@ impl Cpus {
             // plain `add`, whose store is ordered after every earlier load
             // and store (TSO): the release `count_unlock` promises.
             Place::Rseq(area) => unsafe {
-                sys::rseq::percpu_add(area, self.counts.base().add(offset), 1)
+                sys::rseq::percpu_add(area, base.as_ptr().add(offset), 1)
             },
             Place::Slot(slot) => {
-                self.word(slot, offset).fetch_add(1, order);
+                self.word(base, slot, offset).fetch_add(1, order);
             }
         }
     }
+
+    /// The first count of this lock: allocate its per-CPU counts, or count
+    /// on the spare words if that fails.
+    #[cold]
+    fn add_cold(&self, offset: usize, order: Ordering) {
+        if self.counts.get_or_alloc().is_ok() {
+            self.add(offset, order);
+        } else {
+            self.spare[offset / 8].fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Slot `slot`'s count at `offset`: a CPU's, the spill slot's, or past
+    /// them, the spare word.
+    fn load(&self, slot: usize, offset: usize) -> u64 {
+        if slot == cpu::slots() {
+            return self.spare[offset / 8].load(Ordering::Acquire);
+        }
+        self.counts.get().map_or(0, |base| self.word(base, slot, offset).load(Ordering::Acquire))
+    }
+}
+
+thread_local! {
+    /// Fenced read locks this thread takes before it next looks at the
+    /// clock to see whether readers may stop fencing.
+    static CLOCK_COUNTDOWN: Cell<u32> = const { Cell::new(0) };
 }
 
 impl Env for Cpus {
-    const SPINS: u32 = 10;
+    const SPINS: u32 = 12;
+    const YIELDS: u32 = 4;
 
     #[inline(always)]
     fn count_lock(&self) {
@@ -100,41 +146,72 @@ impl Env for Cpus {
     }
 
     fn slots(&self) -> usize {
-        cpu::slots()
+        cpu::slots() + 1
     }
 
     fn locks(&self, slot: usize) -> u64 {
-        self.word(slot, LOCKS).load(Ordering::Acquire)
+        self.load(slot, LOCKS)
     }
 
     fn unlocks(&self, slot: usize) -> u64 {
-        self.word(slot, UNLOCKS).load(Ordering::Acquire)
+        self.load(slot, UNLOCKS)
     }
 
     #[inline(always)]
-    fn reader_fence(&self) {
-        if self.membarrier {
+    fn light_fence(&self) {
+        if use_membarrier() {
             compiler_fence(Ordering::SeqCst);
         } else {
-            fence(Ordering::SeqCst);
+            sys::membarrier::full_fence();
         }
     }
 
-    fn writer_fence(&self) {
-        if !self.membarrier {
-            fence(Ordering::SeqCst);
-        } else if !sys::membarrier::heavy() {
-            // Registration and a first barrier worked, and the page-protection
-            // fallback failed too. Readers have been skipping their fence;
-            // nothing can keep them out now, and going on would let a writer
-            // in beside them.
-            eprintln!("cpulocal::RwLock: no process-wide barrier is left; aborting");
-            std::process::abort();
-        }
+    #[inline(always)]
+    fn full_fence(&self) {
+        sys::membarrier::full_fence();
+    }
+
+    #[inline(always)]
+    fn fenced_reader_fence(&self) {
+        sys::membarrier::full_fence();
+    }
+
+    fn heavy_barrier(&self) -> bool {
+        use_membarrier() && sys::membarrier::heavy()
+    }
+
+    fn has_heavy_barrier(&self) -> bool {
+        use_membarrier()
+    }
+
+    fn now(&self) -> u64 {
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        let nanos = EPOCH.get_or_init(Instant::now).elapsed().as_nanos();
+        u64::try_from(nanos).unwrap_or(u64::MAX)
+    }
+
+    #[inline]
+    fn clock_due(&self) -> bool {
+        CLOCK_COUNTDOWN
+            .try_with(|c| match c.get() {
+                0 => {
+                    c.set(255);
+                    true
+                }
+                n => {
+                    c.set(n - 1);
+                    false
+                }
+            })
+            .unwrap_or(true)
     }
 
     fn wait(&self, word: &AtomicU32, expected: u32) {
         sys::futex_wait(word, expected, None);
+    }
+
+    fn wait_briefly(&self, word: &AtomicU32, expected: u32) {
+        sys::futex_wait(word, expected, Some(std::time::Duration::from_millis(1)));
     }
 
     fn wake(&self, word: &AtomicU32, n: u32) {
@@ -143,30 +220,41 @@ impl Env for Cpus {
 }
 
 /// A reader/writer lock for data that is read far more often than written:
-/// readers only touch their CPU's counts, writers pay for a process-wide
-/// barrier and a walk over every CPU.
+/// readers only touch their CPU's counts, and writers pay for excluding
+/// them, cheaply while writes are frequent and with a process-wide barrier
+/// when they are rare.
 ///
-/// The shape of [`std::sync::RwLock`], without poisoning (a panic in a
-/// critical section releases the lock and leaves the data as it was).
+/// The shape of [`std::sync::RwLock`] (plus parking_lot's mapped guards,
+/// `downgrade` and `is_locked`), without poisoning: a panic in a critical
+/// section releases the lock and leaves the data as the panicking code left
+/// it.
 ///
-/// - [`read`](Self::read) and its unlock are, with no writer around, two
-///   per-CPU `add`s (restartable sequences on Linux x86-64, atomic adds on the
-///   CPU's own line elsewhere) and two loads of a line no one writes: no
-///   atomic read-modify-write, no write to a shared line. Readers scale
-///   with CPUs.
-/// - [`write`](Self::write) excludes other writers, blocks new readers, runs
-///   `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` (microseconds: one
-///   interrupt for every CPU running this process), then waits for the
-///   readers inside to leave. Where `membarrier` is unavailable, readers
-///   pay a full fence instead and writers none.
-/// - Nobody spins for long: blocked readers and writers sleep on a futex.
-///   A continuous stream of readers cannot starve a writer, and a reader
-///   that meets a writer gets in before the writer after next at the latest
-///   (see DESIGN.md for the exact bound).
+/// - [`read`](Self::read) and its unlock are, while writes are rare, two
+///   per-CPU `add`s (restartable sequences on Linux x86-64, atomic adds on
+///   the CPU's own line elsewhere) and two loads of a line no one writes: no
+///   atomic read-modify-write, no fence, no write to a shared line. Readers
+///   scale with CPUs.
+/// - [`write`](Self::write) excludes other writers, blocks new readers and
+///   waits for the readers inside to leave. How it makes sure it sees every
+///   reader adapts to the write rate, as BRAVO and Linux's percpu-rwsem do:
+///   after a quiet spell the first write runs
+///   `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` (microseconds: an
+///   interrupt for every CPU running this process), and switches readers to
+///   a path with one fence (`lock or`, a few nanoseconds); writes that
+///   follow soon after need only a fence of their own. Once writes have
+///   stopped for a while (at least nine times what the barrier cost),
+///   readers drop the fence again. Where `membarrier` is unavailable,
+///   readers always fence.
+/// - Waiting is bounded before it sleeps: readers and writers spin, then
+///   yield, then sleep on a futex. A writer never waits for a descheduled
+///   reader for fairness' sake; readers that met a writer get a bounded
+///   moment to get in before the next writer blocks them again.
 ///
-/// Each lock holds 16 bytes per possible CPU. As with the standard lock,
-/// taking a read lock while holding one can deadlock if a writer arrives
-/// in between, and taking the write lock while holding either deadlocks.
+/// Each lock holds 16 bytes per possible CPU, allocated on its first use
+/// (so [`new`](Self::new) is a `const fn` and a lock can be a `static`).
+/// As with the standard lock, taking a read lock while holding one can
+/// deadlock if a writer arrives in between, and taking the write lock while
+/// holding either deadlocks.
 ///
 /// ```
 /// use cpulocal::RwLock;
@@ -179,6 +267,14 @@ impl Env for Cpus {
 ///     s.spawn(|| *config.write() = String::from("v2"));
 /// });
 /// assert_eq!(config.into_inner(), "v2");
+/// ```
+///
+/// A `static`:
+///
+/// ```
+/// static ROUTES: cpulocal::RwLock<Vec<&str>> = cpulocal::RwLock::new(Vec::new());
+/// ROUTES.write().push("10.0.0.0/8");
+/// assert_eq!(ROUTES.read().len(), 1);
 /// ```
 ///
 /// `Send` and `Sync` exactly when the standard lock is: a lock of a
@@ -195,6 +291,11 @@ impl Env for Cpus {
 /// fn assert_sync<T: Sync>(_: &T) {}
 /// assert_sync(&cpulocal::RwLock::new(std::sync::atomic::AtomicU8::new(0)));
 /// ```
+///
+/// Not in this lock: upgradable read locks (an upgrade must wait for every
+/// other reader, which here means a walk of every CPU's counts under a
+/// blocked-reader state; use `write()` and re-check instead), timed locks
+/// and poisoning.
 pub struct RwLock<T: ?Sized> {
     raw: RawRwLock<Cpus>,
     data: UnsafeCell<T>,
@@ -206,21 +307,47 @@ unsafe impl<T: ?Sized + Send> Send for RwLock<T> {}
 // writer gets `&mut T` on any thread (T: Send); the protocol keeps them apart.
 unsafe impl<T: ?Sized + Send + Sync> Sync for RwLock<T> {}
 
+/// As std's lock: a panic while locked leaves the data as the panicking
+/// code left it, which the standard lock reports by poisoning and this
+/// lock does not.
+impl<T: ?Sized> UnwindSafe for RwLock<T> {}
+/// As std's lock; see the `UnwindSafe` impl.
+impl<T: ?Sized> RefUnwindSafe for RwLock<T> {}
+
 impl<T> RwLock<T> {
-    /// A new, unlocked lock holding `value`.
+    /// A new, unlocked lock holding `value`. Its per-CPU counts are
+    /// allocated when it is first locked; should that fail, the lock still
+    /// works, with its counts on one shared line.
     ///
-    /// # Panics
-    /// If per-CPU memory cannot be had; see [`RwLock::try_new`].
-    pub fn new(value: T) -> RwLock<T> {
-        RwLock::try_new(value).unwrap_or_else(|e| panic!("RwLock: {e}"))
+    /// ```
+    /// let lock = cpulocal::RwLock::new(5);
+    /// assert_eq!(*lock.read(), 5);
+    /// ```
+    #[cfg(not(loom))]
+    pub const fn new(value: T) -> RwLock<T> {
+        RwLock { raw: RawRwLock::new(Cpus::new()), data: UnsafeCell::new(value) }
     }
 
-    /// A new, unlocked lock holding `value`, or the reason per-CPU memory
-    /// could not be had.
+    /// As above; `raw` is not `const` where the loom model compiles it.
+    #[cfg(loom)]
+    pub fn new(value: T) -> RwLock<T> {
+        RwLock { raw: RawRwLock::new(Cpus::new()), data: UnsafeCell::new(value) }
+    }
+
+    /// A new, unlocked lock holding `value`, with its per-CPU counts
+    /// allocated now.
+    ///
+    /// # Errors
+    /// The reason per-CPU memory could not be had ([`AllocError::System`]).
+    ///
+    /// ```
+    /// let lock = cpulocal::RwLock::try_new(5).unwrap();
+    /// assert_eq!(*lock.read(), 5);
+    /// ```
     pub fn try_new(value: T) -> Result<RwLock<T>, AllocError> {
-        let counts = Percpu::alloc_aligned(16, 16)?;
-        let env = Cpus { counts, membarrier: use_membarrier() };
-        Ok(RwLock { raw: RawRwLock::new(env), data: UnsafeCell::new(value) })
+        let lock = RwLock::new(value);
+        lock.raw.env().counts.get_or_alloc()?;
+        Ok(lock)
     }
 
     /// The value, consuming the lock.
@@ -246,7 +373,8 @@ impl<T: ?Sized> RwLock<T> {
     #[inline]
     pub fn read(&self) -> RwLockReadGuard<'_, T> {
         self.raw.read_lock();
-        RwLockReadGuard { lock: self, _not_send: PhantomData }
+        // SAFETY: read-locked just now.
+        unsafe { RwLockReadGuard::new(self) }
     }
 
     /// Locks for writing, waiting for other writers and then for every
@@ -257,6 +385,13 @@ impl<T: ?Sized> RwLock<T> {
     /// *lock.write() += 1;
     /// assert_eq!(*lock.read(), 6);
     /// ```
+    ///
+    /// # Panics
+    /// If `membarrier` worked when readers started to rely on it and is
+    /// refused now (a seccomp filter installed later), and the page-table
+    /// barrier that replaces it is not known to reach every CPU here:
+    /// nothing can then tell whether a reader is inside. The lock stays
+    /// usable: its readers fence from then on, and later writes succeed.
     pub fn write(&self) -> RwLockWriteGuard<'_, T> {
         self.raw.write_lock();
         RwLockWriteGuard { lock: self, _not_send: PhantomData }
@@ -272,11 +407,12 @@ impl<T: ?Sized> RwLock<T> {
     /// ```
     #[inline]
     pub fn try_read(&self) -> Option<RwLockReadGuard<'_, T>> {
-        self.raw.try_read_lock().then(|| RwLockReadGuard { lock: self, _not_send: PhantomData })
+        // SAFETY: read-locked if `try_read_lock` says so.
+        self.raw.try_read_lock().then(|| unsafe { RwLockReadGuard::new(self) })
     }
 
     /// Locks for writing if no one holds the lock and no writer waits for
-    /// it. Never sleeps, but does run the writer's barrier; it may also fail
+    /// it. Never sleeps, but may run the writer's barrier; it may also fail
     /// while a reader is in the middle of [`read`](Self::read) or
     /// [`try_read`](Self::try_read).
     ///
@@ -291,6 +427,28 @@ impl<T: ?Sized> RwLock<T> {
         self.raw.try_write_lock().then(|| RwLockWriteGuard { lock: self, _not_send: PhantomData })
     }
 
+    /// Whether anyone holds the lock, or a writer waits for it: a snapshot,
+    /// out of date as soon as it returns (for assertions and statistics).
+    ///
+    /// ```
+    /// let lock = cpulocal::RwLock::new(5);
+    /// assert!(!lock.is_locked());
+    /// let r = lock.read();
+    /// assert!(lock.is_locked() && !lock.is_locked_exclusive());
+    /// drop(r);
+    /// let w = lock.write();
+    /// assert!(lock.is_locked_exclusive());
+    /// ```
+    pub fn is_locked(&self) -> bool {
+        self.raw.is_locked()
+    }
+
+    /// Whether a writer holds the lock or waits for readers to leave (a
+    /// snapshot, as [`is_locked`](Self::is_locked)).
+    pub fn is_locked_exclusive(&self) -> bool {
+        self.raw.is_write_locked()
+    }
+
     /// The value, through `&mut self`: no locking needed.
     ///
     /// ```
@@ -300,6 +458,19 @@ impl<T: ?Sized> RwLock<T> {
     /// ```
     pub fn get_mut(&mut self) -> &mut T {
         self.data.get_mut()
+    }
+
+    /// A raw pointer to the value, for callers that hold the lock by other
+    /// means (as parking_lot's `data_ptr`).
+    ///
+    /// ```
+    /// let lock = cpulocal::RwLock::new(5);
+    /// let guard = lock.read();
+    /// // SAFETY: read-locked through `guard`.
+    /// assert_eq!(unsafe { *lock.data_ptr() }, 5);
+    /// ```
+    pub fn data_ptr(&self) -> *mut T {
+        self.data.get()
     }
 }
 
@@ -317,21 +488,24 @@ impl<T> From<T> for RwLock<T> {
 
 impl<T: ?Sized + fmt::Debug> fmt::Debug for RwLock<T> {
     /// Shows the data if a read lock can be had at once, as std's does, and
-    /// whether readers rely on `membarrier` (`false`: each pays a fence).
+    /// what readers do now: `"no fence"` (writes are rare: writers interrupt
+    /// them), `"fence"` (writes were recent) or `"always fence"` (no
+    /// process-wide barrier here).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("RwLock");
         match self.try_read() {
             Some(guard) => d.field("data", &&*guard),
             None => d.field("data", &format_args!("<locked>")),
         };
-        d.field("membarrier", &self.raw.env().membarrier);
+        d.field("readers", &self.raw.reader_mode());
         d.finish_non_exhaustive()
     }
 }
 
 /// A read lock on an [`RwLock`]; the lock is released when it is dropped.
 ///
-/// Not `Send`, like std's guards; `Sync` when `T` is:
+/// Covariant in `T`, as std's guard. Not `Send`, like std's guards; `Sync`
+/// when `T` is:
 ///
 /// ```compile_fail,E0277
 /// fn assert_send<T: Send>(_: T) {}
@@ -343,12 +517,14 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for RwLock<T> {
 /// fn assert_sync<T: Sync>(_: &T) {}
 /// let lock = cpulocal::RwLock::new(0);
 /// assert_sync(&lock.read());
+/// // Covariance: a guard of a longer-lived reference is one of a shorter.
+/// fn shorten<'a>(g: cpulocal::RwLockReadGuard<'a, &'static str>) -> cpulocal::RwLockReadGuard<'a, &'a str> { g }
 /// ```
 #[must_use = "if unused the lock is released at once"]
 #[clippy::has_significant_drop]
-pub struct RwLockReadGuard<'a, T: ?Sized> {
-    lock: &'a RwLock<T>,
-    _not_send: PhantomData<*mut ()>,
+pub struct RwLockReadGuard<'a, T: ?Sized + 'a> {
+    data: NonNull<T>,
+    raw: &'a RawRwLock<Cpus>,
 }
 
 /// The write lock on an [`RwLock`]; the lock is released when it is dropped.
@@ -368,15 +544,255 @@ pub struct RwLockReadGuard<'a, T: ?Sized> {
 /// ```
 #[must_use = "if unused the lock is released at once"]
 #[clippy::has_significant_drop]
-pub struct RwLockWriteGuard<'a, T: ?Sized> {
+pub struct RwLockWriteGuard<'a, T: ?Sized + 'a> {
     lock: &'a RwLock<T>,
     _not_send: PhantomData<*mut ()>,
+}
+
+/// A read lock on part of an [`RwLock`]'s value, from
+/// [`RwLockReadGuard::map`]; released when dropped.
+#[must_use = "if unused the lock is released at once"]
+#[clippy::has_significant_drop]
+pub struct MappedRwLockReadGuard<'a, T: ?Sized + 'a> {
+    data: NonNull<T>,
+    raw: &'a RawRwLock<Cpus>,
+}
+
+/// The write lock on part of an [`RwLock`]'s value, from
+/// [`RwLockWriteGuard::map`]; released when dropped.
+#[must_use = "if unused the lock is released at once"]
+#[clippy::has_significant_drop]
+pub struct MappedRwLockWriteGuard<'a, T: ?Sized + 'a> {
+    data: NonNull<T>,
+    raw: &'a RawRwLock<Cpus>,
+    _variance: PhantomData<&'a mut T>,
 }
 
 // SAFETY: sharing the guard shares only `&T`, as std's guard does.
 unsafe impl<T: ?Sized + Sync> Sync for RwLockReadGuard<'_, T> {}
 // SAFETY: as above: `&RwLockWriteGuard` only gives `&T`.
 unsafe impl<T: ?Sized + Sync> Sync for RwLockWriteGuard<'_, T> {}
+// SAFETY: as above.
+unsafe impl<T: ?Sized + Sync> Sync for MappedRwLockReadGuard<'_, T> {}
+// SAFETY: as above.
+unsafe impl<T: ?Sized + Sync> Sync for MappedRwLockWriteGuard<'_, T> {}
+
+impl<'a, T: ?Sized> RwLockReadGuard<'a, T> {
+    /// # Safety
+    /// The caller has read-locked `lock`; the guard will unlock it.
+    unsafe fn new(lock: &'a RwLock<T>) -> Self {
+        // SAFETY: `UnsafeCell::get` never returns null.
+        let data = unsafe { NonNull::new_unchecked(lock.data.get()) };
+        RwLockReadGuard { data, raw: &lock.raw }
+    }
+
+    /// A guard for a part of the value, keeping the read lock.
+    /// An associated function, so that it does not hide a method of `T`.
+    ///
+    /// ```
+    /// use cpulocal::{RwLock, RwLockReadGuard};
+    /// let lock = RwLock::new((1, String::from("one")));
+    /// let name = RwLockReadGuard::map(lock.read(), |pair| &pair.1);
+    /// assert_eq!(&*name, "one");
+    /// ```
+    pub fn map<U: ?Sized, F: FnOnce(&T) -> &U>(orig: Self, f: F) -> MappedRwLockReadGuard<'a, U> {
+        // SAFETY: read-locked through `orig`; if `f` panics, `orig` unlocks.
+        let data = NonNull::from(f(unsafe { orig.data.as_ref() }));
+        let orig = ManuallyDrop::new(orig);
+        MappedRwLockReadGuard { data, raw: orig.raw }
+    }
+
+    /// A guard for a part of the value if `f` finds one; otherwise the
+    /// original guard back.
+    ///
+    /// ```
+    /// use cpulocal::{RwLock, RwLockReadGuard};
+    /// let lock = RwLock::new(vec![1, 2]);
+    /// let first = RwLockReadGuard::try_map(lock.read(), |v| v.first()).unwrap();
+    /// assert_eq!(*first, 1);
+    /// drop(first);
+    /// assert!(RwLockReadGuard::try_map(lock.read(), |v| v.get(5)).is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// The original guard, if `f` returns `None`.
+    pub fn try_map<U: ?Sized, F: FnOnce(&T) -> Option<&U>>(
+        orig: Self,
+        f: F,
+    ) -> Result<MappedRwLockReadGuard<'a, U>, Self> {
+        // SAFETY: read-locked through `orig`; if `f` panics, `orig` unlocks.
+        match f(unsafe { orig.data.as_ref() }) {
+            Some(part) => {
+                let data = NonNull::from(part);
+                let orig = ManuallyDrop::new(orig);
+                Ok(MappedRwLockReadGuard { data, raw: orig.raw })
+            }
+            None => Err(orig),
+        }
+    }
+}
+
+impl<'a, T: ?Sized> MappedRwLockReadGuard<'a, T> {
+    /// As [`RwLockReadGuard::map`], for a part of a part.
+    ///
+    /// ```
+    /// use cpulocal::{MappedRwLockReadGuard, RwLock, RwLockReadGuard};
+    /// let lock = RwLock::new(((1, 2), 3));
+    /// let inner = RwLockReadGuard::map(lock.read(), |v| &v.0);
+    /// assert_eq!(*MappedRwLockReadGuard::map(inner, |v| &v.1), 2);
+    /// ```
+    pub fn map<U: ?Sized, F: FnOnce(&T) -> &U>(orig: Self, f: F) -> MappedRwLockReadGuard<'a, U> {
+        // SAFETY: read-locked through `orig`; if `f` panics, `orig` unlocks.
+        let data = NonNull::from(f(unsafe { orig.data.as_ref() }));
+        let orig = ManuallyDrop::new(orig);
+        MappedRwLockReadGuard { data, raw: orig.raw }
+    }
+
+    /// As [`RwLockReadGuard::try_map`], for a part of a part.
+    ///
+    /// ```
+    /// use cpulocal::{MappedRwLockReadGuard, RwLock, RwLockReadGuard};
+    /// let lock = RwLock::new((vec![7], 3));
+    /// let v = RwLockReadGuard::map(lock.read(), |p| &p.0);
+    /// assert_eq!(*MappedRwLockReadGuard::try_map(v, |v| v.first()).unwrap(), 7);
+    /// ```
+    ///
+    /// # Errors
+    /// The original guard, if `f` returns `None`.
+    pub fn try_map<U: ?Sized, F: FnOnce(&T) -> Option<&U>>(
+        orig: Self,
+        f: F,
+    ) -> Result<MappedRwLockReadGuard<'a, U>, Self> {
+        // SAFETY: read-locked through `orig`; if `f` panics, `orig` unlocks.
+        match f(unsafe { orig.data.as_ref() }) {
+            Some(part) => {
+                let data = NonNull::from(part);
+                let orig = ManuallyDrop::new(orig);
+                Ok(MappedRwLockReadGuard { data, raw: orig.raw })
+            }
+            None => Err(orig),
+        }
+    }
+}
+
+impl<'a, T: ?Sized> RwLockWriteGuard<'a, T> {
+    /// A guard for a part of the value, keeping the write lock.
+    /// An associated function, so that it does not hide a method of `T`.
+    ///
+    /// ```
+    /// use cpulocal::{RwLock, RwLockWriteGuard};
+    /// let lock = RwLock::new((1, String::from("one")));
+    /// RwLockWriteGuard::map(lock.write(), |pair| &mut pair.1).push('!');
+    /// assert_eq!(lock.read().1, "one!");
+    /// ```
+    pub fn map<U: ?Sized, F: FnOnce(&mut T) -> &mut U>(
+        orig: Self,
+        f: F,
+    ) -> MappedRwLockWriteGuard<'a, U> {
+        // SAFETY: write-locked through `orig`, which we no longer use but
+        // to forget it; if `f` panics, `orig` unlocks.
+        let data = NonNull::from(f(unsafe { &mut *orig.lock.data.get() }));
+        let orig = ManuallyDrop::new(orig);
+        MappedRwLockWriteGuard { data, raw: &orig.lock.raw, _variance: PhantomData }
+    }
+
+    /// A guard for a part of the value if `f` finds one; otherwise the
+    /// original guard back.
+    ///
+    /// ```
+    /// use cpulocal::{RwLock, RwLockWriteGuard};
+    /// let lock = RwLock::new(vec![1, 2]);
+    /// *RwLockWriteGuard::try_map(lock.write(), |v| v.last_mut()).unwrap() = 5;
+    /// assert_eq!(*lock.read(), [1, 5]);
+    /// ```
+    ///
+    /// # Errors
+    /// The original guard, if `f` returns `None`.
+    pub fn try_map<U: ?Sized, F: FnOnce(&mut T) -> Option<&mut U>>(
+        orig: Self,
+        f: F,
+    ) -> Result<MappedRwLockWriteGuard<'a, U>, Self> {
+        // SAFETY: write-locked through `orig`; the `&mut T` lives no longer
+        // than the match, and if `f` panics, `orig` unlocks.
+        match f(unsafe { &mut *orig.lock.data.get() }).map(NonNull::from) {
+            Some(data) => {
+                let orig = ManuallyDrop::new(orig);
+                Ok(MappedRwLockWriteGuard { data, raw: &orig.lock.raw, _variance: PhantomData })
+            }
+            None => Err(orig),
+        }
+    }
+
+    /// Turns the write lock into a read lock without letting a writer in
+    /// between; readers waiting for the writer get in too.
+    ///
+    /// ```
+    /// use cpulocal::{RwLock, RwLockWriteGuard};
+    /// let lock = RwLock::new(1);
+    /// let mut w = lock.write();
+    /// *w = 2;
+    /// let r = RwLockWriteGuard::downgrade(w);
+    /// assert_eq!(*r, 2);
+    /// assert!(lock.try_read().is_some() && lock.try_write().is_none());
+    /// ```
+    pub fn downgrade(orig: Self) -> RwLockReadGuard<'a, T> {
+        let lock = ManuallyDrop::new(orig).lock;
+        // SAFETY: we hold the write lock, and give it up for a read lock,
+        // which the new guard releases.
+        unsafe {
+            lock.raw.downgrade();
+            RwLockReadGuard::new(lock)
+        }
+    }
+}
+
+impl<'a, T: ?Sized> MappedRwLockWriteGuard<'a, T> {
+    /// As [`RwLockWriteGuard::map`], for a part of a part.
+    ///
+    /// ```
+    /// use cpulocal::{MappedRwLockWriteGuard, RwLock, RwLockWriteGuard};
+    /// let lock = RwLock::new(((1, 2), 3));
+    /// let inner = RwLockWriteGuard::map(lock.write(), |v| &mut v.0);
+    /// *MappedRwLockWriteGuard::map(inner, |v| &mut v.1) = 5;
+    /// assert_eq!(lock.read().0, (1, 5));
+    /// ```
+    pub fn map<U: ?Sized, F: FnOnce(&mut T) -> &mut U>(
+        mut orig: Self,
+        f: F,
+    ) -> MappedRwLockWriteGuard<'a, U> {
+        // SAFETY: write-locked through `orig`; if `f` panics, `orig` unlocks.
+        let data = NonNull::from(f(unsafe { orig.data.as_mut() }));
+        let orig = ManuallyDrop::new(orig);
+        MappedRwLockWriteGuard { data, raw: orig.raw, _variance: PhantomData }
+    }
+
+    /// As [`RwLockWriteGuard::try_map`], for a part of a part.
+    ///
+    /// ```
+    /// use cpulocal::{MappedRwLockWriteGuard, RwLock, RwLockWriteGuard};
+    /// let lock = RwLock::new((vec![7], 3));
+    /// let v = RwLockWriteGuard::map(lock.write(), |p| &mut p.0);
+    /// *MappedRwLockWriteGuard::try_map(v, |v| v.first_mut()).unwrap() = 8;
+    /// assert_eq!(lock.read().0, [8]);
+    /// ```
+    ///
+    /// # Errors
+    /// The original guard, if `f` returns `None`.
+    pub fn try_map<U: ?Sized, F: FnOnce(&mut T) -> Option<&mut U>>(
+        mut orig: Self,
+        f: F,
+    ) -> Result<MappedRwLockWriteGuard<'a, U>, Self> {
+        // SAFETY: write-locked through `orig`; the `&mut T` lives no longer
+        // than the match, and if `f` panics, `orig` unlocks.
+        match f(unsafe { orig.data.as_mut() }).map(NonNull::from) {
+            Some(data) => {
+                let orig = ManuallyDrop::new(orig);
+                Ok(MappedRwLockWriteGuard { data, raw: orig.raw, _variance: PhantomData })
+            }
+            None => Err(orig),
+        }
+    }
+}
 
 impl<T: ?Sized> Deref for RwLockReadGuard<'_, T> {
     type Target = T;
@@ -384,7 +800,7 @@ impl<T: ?Sized> Deref for RwLockReadGuard<'_, T> {
     #[inline]
     fn deref(&self) -> &T {
         // SAFETY: we hold a read lock: no `&mut T` exists.
-        unsafe { &*self.lock.data.get() }
+        unsafe { self.data.as_ref() }
     }
 }
 
@@ -392,7 +808,25 @@ impl<T: ?Sized> Drop for RwLockReadGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
         // SAFETY: the guard stands for a read lock taken from this lock.
-        unsafe { self.lock.raw.read_unlock() };
+        unsafe { self.raw.read_unlock() };
+    }
+}
+
+impl<T: ?Sized> Deref for MappedRwLockReadGuard<'_, T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        // SAFETY: we hold a read lock: no `&mut T` exists.
+        unsafe { self.data.as_ref() }
+    }
+}
+
+impl<T: ?Sized> Drop for MappedRwLockReadGuard<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: the guard stands for a read lock taken from this lock.
+        unsafe { self.raw.read_unlock() };
     }
 }
 
@@ -421,26 +855,46 @@ impl<T: ?Sized> Drop for RwLockWriteGuard<'_, T> {
     }
 }
 
-impl<T: ?Sized + fmt::Debug> fmt::Debug for RwLockReadGuard<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        (**self).fmt(f)
+impl<T: ?Sized> Deref for MappedRwLockWriteGuard<'_, T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        // SAFETY: we hold the write lock: no other reference exists.
+        unsafe { self.data.as_ref() }
     }
 }
 
-impl<T: ?Sized + fmt::Display> fmt::Display for RwLockReadGuard<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        (**self).fmt(f)
+impl<T: ?Sized> DerefMut for MappedRwLockWriteGuard<'_, T> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: we hold the write lock: no other reference exists.
+        unsafe { self.data.as_mut() }
     }
 }
 
-impl<T: ?Sized + fmt::Debug> fmt::Debug for RwLockWriteGuard<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        (**self).fmt(f)
+impl<T: ?Sized> Drop for MappedRwLockWriteGuard<'_, T> {
+    fn drop(&mut self) {
+        // SAFETY: the guard stands for the write lock.
+        unsafe { self.raw.write_unlock() };
     }
 }
 
-impl<T: ?Sized + fmt::Display> fmt::Display for RwLockWriteGuard<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        (**self).fmt(f)
-    }
+/// `Debug` and `Display` show the guarded value, as std's guards do.
+macro_rules! forward_fmt {
+    ($($guard:ident),*) => {$(
+        impl<T: ?Sized + fmt::Debug> fmt::Debug for $guard<'_, T> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                (**self).fmt(f)
+            }
+        }
+
+        impl<T: ?Sized + fmt::Display> fmt::Display for $guard<'_, T> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                (**self).fmt(f)
+            }
+        }
+    )*};
 }
+
+forward_fmt!(RwLockReadGuard, RwLockWriteGuard, MappedRwLockReadGuard, MappedRwLockWriteGuard);

@@ -13,22 +13,35 @@
 //!
 //! ```text
 //! state   WRITER: a writer holds the lock or waits for readers to leave;
-//!                 readers that see it back off. Written only by writers,
-//!                 and by readers going to sleep while WRITER is set.
+//!                 readers that see it back off.
 //!         SLEEPERS: readers sleep on `state` (only while WRITER is set).
+//!         FENCED: readers fence between their count and their check of
+//!                 `state`, so writers need no heavy barrier. Set by a
+//!                 writer; cleared, once writes have stopped for a while,
+//!                 by a reader holding `wlock`.
+//!         NO_BARRIER: no heavy barrier exists in this process; FENCED
+//!                 stays set and readers also fence when they unlock.
+//!         WRITER is written only under `wlock` (and SLEEPERS by readers
+//!         while WRITER is set); FENCED and NO_BARRIER only under `wlock`.
 //! wlock   the writers' mutex: 0 free, 1 held, 2 held and contended.
-//! parked  readers that met a writer and are not in yet; a writer does
-//!         not set WRITER until it is 0.
+//! parked  readers that met a writer and are not in yet; the next writer
+//!         gives them a bounded time to get in, never more.
 //! gate    1 while the writer sleeps waiting for readers to leave.
+//! fenced_until  the clock time after which readers may clear FENCED.
+//! heavy_cost    what the last heavy barrier cost, in nanoseconds.
 //! per slot: locks (read_lock attempts), unlocks (read_unlock and back-offs),
 //!         both monotonic, wrapping.
 //! ```
+//!
+//! A lock starts FENCED, with `fenced_until` 0: its first readers fence,
+//! and the first that looks at the clock finds out whether the process has
+//! a heavy barrier and either clears FENCED or sets NO_BARRIER.
 
 use std::hint;
 use std::thread;
 
 use super::sync::atomic::{
-    fence, AtomicU32,
+    AtomicU32, AtomicU64,
     Ordering::{Acquire, Relaxed, Release, SeqCst},
 };
 
@@ -36,15 +49,30 @@ use super::sync::atomic::{
 const WRITER: u32 = 1;
 /// `state`: readers sleep on the word and must be woken when it clears.
 const SLEEPERS: u32 = 2;
+/// `state`: readers pay a full fence after counting their lock.
+const FENCED: u32 = 4;
+/// `state`: no heavy barrier exists; readers fence on unlock too.
+const NO_BARRIER: u32 = 8;
+
+/// How long readers stay fenced after a write, in units of the last heavy
+/// barrier's cost (BRAVO's inhibition factor): the heavy barriers then take
+/// at most about 1/(1 + `INHIBIT`) of a writer's time, however often it
+/// writes. DESIGN.md justifies the figure.
+pub(crate) const INHIBIT: u64 = 9;
+/// The least time readers stay fenced after a write, in nanoseconds: a
+/// floor for when a heavy barrier happens to be quick.
+pub(crate) const MIN_FENCED_NS: u64 = 50_000;
 
 /// What the protocol needs from its surroundings.
 pub(crate) trait Env {
-    /// How many times a waiter re-checks (spinning, then yielding) before it
-    /// sleeps.
+    /// Rounds of spinning (each a few more spin-loop hints, up to 64)
+    /// before a waiter yields.
     const SPINS: u32;
+    /// Rounds of yielding before a waiter sleeps.
+    const YIELDS: u32;
 
     /// Adds one to the lock count of the slot the caller is on. Needs no
-    /// ordering of its own; [`Env::reader_fence`] follows it.
+    /// ordering of its own.
     fn count_lock(&self);
     /// Adds one to the unlock count of the slot the caller is on (maybe not
     /// the slot of its `count_lock`), with release ordering: everything the
@@ -56,20 +84,37 @@ pub(crate) trait Env {
     fn locks(&self, slot: usize) -> u64;
     /// Slot `slot`'s unlock count, read with acquire ordering.
     fn unlocks(&self, slot: usize) -> u64;
-    /// The readers' half of the fence between a count and the next load of
-    /// `state`: with [`Env::writer_fence`], acts as `fence(SeqCst)` on both
-    /// sides.
-    fn reader_fence(&self);
-    /// The writer's half, between setting `WRITER` and reading the counts.
-    fn writer_fence(&self);
+    /// The readers' fence while the lock is not FENCED, and when they
+    /// unlock: costs a reader (almost) nothing, and acts as a full fence for
+    /// every reader once a writer has run [`Env::heavy_barrier`]. A full
+    /// fence where the process has no heavy barrier.
+    fn light_fence(&self);
+    /// A full fence issued by the caller alone.
+    fn full_fence(&self);
+    /// The fence of a reader that found the lock FENCED, between its count
+    /// and its second look at `state`: [`Env::full_fence`] (apart so that
+    /// the loom model can leave it out and show that it is needed).
+    fn fenced_reader_fence(&self);
+    /// A full fence on every thread of the process at once (`membarrier`).
+    /// Returns false, having done nothing, if there is none.
+    fn heavy_barrier(&self) -> bool;
+    /// Whether [`Env::heavy_barrier`] exists in this process.
+    fn has_heavy_barrier(&self) -> bool;
+    /// A monotonic clock, in nanoseconds.
+    fn now(&self) -> u64;
+    /// Whether a reader on the fenced path should look at the clock this
+    /// time (readers look only now and then: the clock is not free).
+    fn clock_due(&self) -> bool;
     /// Sleeps while `word` holds `expected`; may return spuriously.
     fn wait(&self, word: &AtomicU32, expected: u32);
+    /// As [`Env::wait`], for a millisecond at most.
+    fn wait_briefly(&self, word: &AtomicU32, expected: u32);
     /// Wakes up to `n` threads sleeping in [`Env::wait`] on `word`.
     fn wake(&self, word: &AtomicU32, n: u32);
 }
 
 /// The word readers read on every lock and unlock, with the environment
-/// (whose per-CPU base and fence mode they also read) on the same line.
+/// (whose per-CPU base they also read) on the same line.
 #[repr(C, align(128))]
 struct Hot<E> {
     state: AtomicU32,
@@ -82,6 +127,8 @@ struct Cold {
     wlock: AtomicU32,
     parked: AtomicU32,
     gate: AtomicU32,
+    fenced_until: AtomicU64,
+    heavy_cost: AtomicU64,
 }
 
 /// The lock without its data. See the [module docs](self).
@@ -91,13 +138,31 @@ pub(crate) struct RawRwLock<E> {
 }
 
 impl<E: Env> RawRwLock<E> {
-    pub(crate) fn new(env: E) -> Self {
+    #[cfg(not(loom))]
+    pub(crate) const fn new(env: E) -> Self {
         RawRwLock {
-            hot: Hot { state: AtomicU32::new(0), env },
+            hot: Hot { state: AtomicU32::new(FENCED), env },
             cold: Cold {
                 wlock: AtomicU32::new(0),
                 parked: AtomicU32::new(0),
                 gate: AtomicU32::new(0),
+                fenced_until: AtomicU64::new(0),
+                heavy_cost: AtomicU64::new(0),
+            },
+        }
+    }
+
+    /// loom's atomics have no `const fn new`.
+    #[cfg(loom)]
+    pub(crate) fn new(env: E) -> Self {
+        RawRwLock {
+            hot: Hot { state: AtomicU32::new(FENCED), env },
+            cold: Cold {
+                wlock: AtomicU32::new(0),
+                parked: AtomicU32::new(0),
+                gate: AtomicU32::new(0),
+                fenced_until: AtomicU64::new(0),
+                heavy_cost: AtomicU64::new(0),
             },
         }
     }
@@ -106,15 +171,93 @@ impl<E: Env> RawRwLock<E> {
         &self.hot.env
     }
 
+    /// What readers do between their count and their check, now: `"fence"`
+    /// (writes were recent), `"no fence"` (they rely on writers' heavy
+    /// barriers) or `"always fence"` (the process has no heavy barrier).
+    pub(crate) fn reader_mode(&self) -> &'static str {
+        let s = self.hot.state.load(Relaxed);
+        if s & NO_BARRIER != 0 {
+            "always fence"
+        } else if s & FENCED != 0 {
+            "fence"
+        } else {
+            "no fence"
+        }
+    }
+
     /// Takes a read lock, waiting while a writer is around.
     #[inline]
     pub(crate) fn read_lock(&self) {
         let env = &self.hot.env;
         env.count_lock();
-        env.reader_fence();
-        if self.hot.state.load(Acquire) & WRITER != 0 {
-            self.read_lock_slow();
+        env.light_fence();
+        let s = self.hot.state.load(Acquire);
+        if s != 0 {
+            self.read_lock_slow(s);
         }
+    }
+
+    /// The lock is FENCED, or a writer is around.
+    #[inline(never)]
+    fn read_lock_slow(&self, s: u32) {
+        if s & WRITER == 0 && self.recheck_fenced() {
+            return;
+        }
+        self.back_off();
+        // Registered: the next writer gives us a moment to get in.
+        self.cold.parked.fetch_add(1, SeqCst);
+        let env = &self.hot.env;
+        loop {
+            self.wait_for_writer();
+            env.count_lock();
+            env.full_fence();
+            if self.hot.state.load(Acquire) & WRITER == 0 {
+                break;
+            }
+            self.back_off();
+        }
+        self.cold.parked.fetch_sub(1, Release);
+    }
+
+    /// A reader whose lock is counted found FENCED (and no writer): fences
+    /// and looks again. Returns whether it is in.
+    #[inline]
+    fn recheck_fenced(&self) -> bool {
+        let env = &self.hot.env;
+        env.fenced_reader_fence();
+        let s = self.hot.state.load(Acquire);
+        if s & WRITER != 0 {
+            return false;
+        }
+        if s & NO_BARRIER == 0 && env.clock_due() {
+            self.maybe_unfence();
+        }
+        true
+    }
+
+    /// Clears FENCED if writes stopped long enough ago, or marks the lock
+    /// NO_BARRIER for good if the process has no heavy barrier.
+    #[cold]
+    fn maybe_unfence(&self) {
+        let env = &self.hot.env;
+        let cold = &self.cold;
+        if env.now() < cold.fenced_until.load(Relaxed) {
+            return;
+        }
+        // FENCED changes only under the writers' mutex, where writers
+        // decide whether they need a heavy barrier.
+        if cold.wlock.compare_exchange(0, 1, Acquire, Relaxed).is_err() {
+            return;
+        }
+        let state = &self.hot.state;
+        if env.now() >= cold.fenced_until.load(Relaxed) {
+            if !env.has_heavy_barrier() {
+                state.fetch_or(NO_BARRIER, SeqCst);
+            } else if state.load(Relaxed) & NO_BARRIER == 0 {
+                state.fetch_and(!FENCED, SeqCst);
+            }
+        }
+        self.unlock_writers();
     }
 
     /// Takes a read lock if no writer is around.
@@ -127,8 +270,9 @@ impl<E: Env> RawRwLock<E> {
         }
         let env = &self.hot.env;
         env.count_lock();
-        env.reader_fence();
-        if self.hot.state.load(Acquire) & WRITER == 0 {
+        env.light_fence();
+        let s = self.hot.state.load(Acquire);
+        if s == 0 || (s & WRITER == 0 && self.recheck_fenced()) {
             return true;
         }
         self.back_off();
@@ -143,33 +287,24 @@ impl<E: Env> RawRwLock<E> {
     pub(crate) unsafe fn read_unlock(&self) {
         let env = &self.hot.env;
         env.count_unlock();
-        env.reader_fence();
-        if self.hot.state.load(Relaxed) & WRITER != 0 {
-            self.wake_writer();
+        env.light_fence();
+        let s = self.hot.state.load(Relaxed);
+        if s & (WRITER | NO_BARRIER) != 0 {
+            self.read_unlock_slow(s);
         }
     }
 
-    /// A reader whose lock count is in met a writer: count it out, sleep
-    /// until the writer leaves, and try again, ahead of the next writer.
-    #[cold]
-    fn read_lock_slow(&self) {
-        self.back_off();
-        // Registered: no writer sets WRITER again until we are in (apart
-        // from one that read `parked` before this increment).
-        self.cold.parked.fetch_add(1, SeqCst);
-        let env = &self.hot.env;
-        loop {
-            self.wait_for_writer();
-            env.count_lock();
-            env.reader_fence();
-            if self.hot.state.load(Acquire) & WRITER == 0 {
-                break;
+    #[inline(never)]
+    fn read_unlock_slow(&self, s: u32) {
+        if s & NO_BARRIER != 0 {
+            // No heavy barrier makes our unlock visible to a writer about
+            // to sleep: fence, and look for one again.
+            self.hot.env.full_fence();
+            if self.hot.state.load(Relaxed) & WRITER == 0 {
+                return;
             }
-            self.back_off();
         }
-        if self.cold.parked.fetch_sub(1, Release) == 1 {
-            env.wake(&self.cold.parked, 1);
-        }
+        self.wake_writer();
     }
 
     /// Counts out a lock that saw WRITER, and tells the writer.
@@ -185,14 +320,14 @@ impl<E: Env> RawRwLock<E> {
     fn wake_writer(&self) {
         // Pairs with the fence in `wait_for_readers`: either the writer's
         // sums see our unlock, or we see its `gate`.
-        fence(SeqCst);
+        self.hot.env.full_fence();
         let gate = &self.cold.gate;
         if gate.load(Relaxed) != 0 && gate.swap(0, Relaxed) != 0 {
             self.hot.env.wake(gate, 1);
         }
     }
 
-    /// Waits until WRITER is clear: spins briefly, then sleeps on `state`.
+    /// Waits until WRITER is clear: spins, yields, then sleeps on `state`.
     fn wait_for_writer(&self) {
         let state = &self.hot.state;
         let mut round = 0;
@@ -201,8 +336,8 @@ impl<E: Env> RawRwLock<E> {
             if s & WRITER == 0 {
                 return;
             }
-            if round < E::SPINS {
-                spin(round);
+            if round < E::SPINS + E::YIELDS {
+                pause(round, E::SPINS);
                 round += 1;
                 continue;
             }
@@ -215,14 +350,24 @@ impl<E: Env> RawRwLock<E> {
         }
     }
 
-    /// Takes the write lock, waiting for other writers, then for the readers
-    /// blocked by the previous writer to get in, then for every reader to
-    /// leave.
+    /// Takes the write lock: waits for other writers, gives the readers
+    /// that met the previous writer a bounded moment to get in, blocks new
+    /// readers, then waits for every reader inside to leave.
+    ///
+    /// # Panics
+    /// If the lock's readers relied on a heavy barrier that the process can
+    /// no longer issue (see [`Env::heavy_barrier`]); the lock is then fenced
+    /// for good and later writes succeed.
     pub(crate) fn write_lock(&self) {
         self.lock_writers();
-        self.wait_for_parked();
-        self.block_readers();
-        self.wait_for_readers();
+        self.let_parked_in();
+        let Some(heavy) = self.block_readers() else {
+            panic!(
+                "cpulocal::RwLock: the process-wide memory barrier its readers relied on \
+                 is no longer available (membarrier refused); readers now fence"
+            );
+        };
+        self.wait_for_readers(heavy);
     }
 
     /// Takes the write lock if nobody holds or waits for it. May fail while
@@ -231,11 +376,9 @@ impl<E: Env> RawRwLock<E> {
         if self.cold.wlock.compare_exchange(0, 1, Acquire, Relaxed).is_err() {
             return false;
         }
-        if self.cold.parked.load(SeqCst) != 0 {
-            self.unlock_writers();
+        if self.block_readers().is_none() {
             return false;
         }
-        self.block_readers();
         if self.drained() {
             return true;
         }
@@ -250,16 +393,76 @@ impl<E: Env> RawRwLock<E> {
     /// The caller holds the write lock.
     #[inline]
     pub(crate) unsafe fn write_unlock(&self) {
-        if self.hot.state.swap(0, SeqCst) & SLEEPERS != 0 {
+        if self.hot.state.fetch_and(!(WRITER | SLEEPERS), SeqCst) & SLEEPERS != 0 {
             self.hot.env.wake(&self.hot.state, u32::MAX);
         }
         self.unlock_writers();
     }
 
+    /// Turns the write lock into a read lock, letting other readers in and
+    /// no writer.
+    ///
+    /// # Safety
+    /// The caller holds the write lock.
+    pub(crate) unsafe fn downgrade(&self) {
+        // Counted while WRITER is set: the next writer, who takes `wlock`
+        // after we release it, sees this count and waits for its unlock.
+        self.hot.env.count_lock();
+        // SAFETY: the caller holds the write lock.
+        unsafe { self.write_unlock() };
+    }
+
+    /// Whether a writer holds or waits for the lock, or a reader is inside
+    /// (a snapshot, stale as soon as it is taken).
+    pub(crate) fn is_locked(&self) -> bool {
+        self.hot.state.load(SeqCst) & WRITER != 0 || {
+            self.hot.env.full_fence();
+            !self.drained()
+        }
+    }
+
+    /// Whether a writer holds the lock or waits for readers to leave.
+    pub(crate) fn is_write_locked(&self) -> bool {
+        self.hot.state.load(SeqCst) & WRITER != 0
+    }
+
     /// Sets WRITER and makes every reader's later check of `state` see it.
-    fn block_readers(&self) {
-        self.hot.state.store(WRITER, SeqCst);
-        self.hot.env.writer_fence();
+    /// Returns whether a heavy barrier was issued, or `None` (with `wlock`
+    /// released and the lock fenced for good) if one was needed and there
+    /// is none.
+    fn block_readers(&self) -> Option<bool> {
+        let env = &self.hot.env;
+        let state = &self.hot.state;
+        let cold = &self.cold;
+        let s = state.load(Relaxed);
+        if s & FENCED != 0 {
+            // Every reader fences after its count: a fence here pairs with it.
+            state.fetch_or(WRITER, SeqCst);
+            env.full_fence();
+            if s & NO_BARRIER == 0 {
+                let window = (INHIBIT * cold.heavy_cost.load(Relaxed)).max(MIN_FENCED_NS);
+                cold.fenced_until.store(env.now().saturating_add(window), Relaxed);
+            }
+            return Some(false);
+        }
+        // Readers skip their fence: interrupt them all. From now on they
+        // fence too, until writes stop for INHIBIT times what this costs.
+        state.fetch_or(WRITER | FENCED, SeqCst);
+        let start = env.now();
+        if !env.heavy_barrier() {
+            // Readers that skipped their fence may be inside unseen, and
+            // nothing can tell: give up this write, keep the lock fenced.
+            if state.swap(FENCED | NO_BARRIER, SeqCst) & SLEEPERS != 0 {
+                env.wake(state, u32::MAX);
+            }
+            self.unlock_writers();
+            return None;
+        }
+        let end = env.now();
+        let cost = end.saturating_sub(start);
+        cold.heavy_cost.store(cost, Relaxed);
+        cold.fenced_until.store(end.saturating_add((INHIBIT * cost).max(MIN_FENCED_NS)), Relaxed);
+        Some(true)
     }
 
     /// Whether every read lock counted so far has been counted out: the sum
@@ -274,43 +477,62 @@ impl<E: Env> RawRwLock<E> {
         locks == unlocks
     }
 
-    /// Waits until [`drained`](Self::drained): spins briefly, then sleeps on
-    /// `gate`, woken by the unlock of any reader that sees WRITER.
-    fn wait_for_readers(&self) {
+    /// Waits until [`drained`](Self::drained): spins, yields, then sleeps
+    /// on `gate`, woken by the unlock of any reader that sees WRITER.
+    /// `heavy`: whether this writer's heavy barrier already made every
+    /// later unlock see WRITER.
+    fn wait_for_readers(&self, mut heavy: bool) {
+        let env = &self.hot.env;
         let gate = &self.cold.gate;
         let mut round = 0;
         while !self.drained() {
-            if round < E::SPINS {
-                spin(round);
+            if round < E::SPINS + E::YIELDS {
+                pause(round, E::SPINS);
                 round += 1;
                 continue;
             }
             gate.store(1, Relaxed);
+            // Readers who unlock with a light fence may neither be summed
+            // nor see WRITER: a heavy barrier makes them do one or the
+            // other. (Where the process has none, light fences are full
+            // ones; NO_BARRIER locks' readers fence on unlock.)
+            let mut briefly = false;
+            if !heavy && env.has_heavy_barrier() && self.hot.state.load(Relaxed) & NO_BARRIER == 0 {
+                if env.heavy_barrier() {
+                    heavy = true;
+                } else {
+                    // Refused since readers began to rely on it: from now
+                    // on they fence on unlock; those before us may be seen
+                    // late, so sleep only briefly this time.
+                    self.hot.state.fetch_or(NO_BARRIER, SeqCst);
+                    briefly = true;
+                }
+            }
             // Pairs with the fence in `wake_writer`.
-            fence(SeqCst);
+            env.full_fence();
             if self.drained() {
                 break;
             }
-            self.hot.env.wait(gate, 1);
+            if briefly {
+                env.wait_briefly(gate, 1);
+            } else {
+                env.wait(gate, 1);
+            }
         }
         gate.store(0, Relaxed);
     }
 
-    /// Waits until the readers that met the previous writer are in.
-    fn wait_for_parked(&self) {
+    /// Gives readers that met the previous writer a bounded moment to get
+    /// in: they run, or are about to, so this takes nanoseconds. Readers
+    /// that are not scheduled do not hold the writer up (nor does a count
+    /// left behind by a thread that no longer exists, after `fork`).
+    fn let_parked_in(&self) {
         let parked = &self.cold.parked;
-        let mut round = 0;
-        loop {
-            let p = parked.load(SeqCst);
-            if p == 0 {
+        for round in 0..E::SPINS {
+            if parked.load(Acquire) == 0 {
                 return;
             }
-            if round < E::SPINS {
-                spin(round);
-                round += 1;
-                continue;
-            }
-            self.hot.env.wait(parked, p);
+            pause(round, E::SPINS);
         }
     }
 
@@ -321,13 +543,13 @@ impl<E: Env> RawRwLock<E> {
         }
         let mut round = 0;
         loop {
-            if round < E::SPINS {
+            if round < E::SPINS + E::YIELDS {
                 if wlock.load(Relaxed) == 0
                     && wlock.compare_exchange(0, 1, Acquire, Relaxed).is_ok()
                 {
                     return;
                 }
-                spin(round);
+                pause(round, E::SPINS);
                 round += 1;
                 continue;
             }
@@ -345,11 +567,12 @@ impl<E: Env> RawRwLock<E> {
     }
 }
 
-/// One round of waiting: a few spin-loop hints, more each round, then
-/// yielding the CPU.
-fn spin(round: u32) {
-    if round < 4 {
-        for _ in 0..(2u32 << round) {
+/// One round of waiting: below `spins`, a burst of spin-loop hints that
+/// doubles each round up to 64; then yielding the CPU (which lets a
+/// preempted lock holder on this CPU run).
+fn pause(round: u32, spins: u32) {
+    if round < spins {
+        for _ in 0..1u32 << round.min(6) {
             hint::spin_loop();
         }
     } else {
