@@ -29,7 +29,8 @@ pub struct WriterSample {
     pub readers: usize,
     /// Read lock + unlock pairs done by all readers together.
     pub reads: u64,
-    /// From the common start until the readers were told to stop.
+    /// From the common start (the writer's) until the readers were told to
+    /// stop: at least `window` less one period.
     pub elapsed: Duration,
     /// Periods in the window: one write was wanted in each.
     pub requested: u64,
@@ -72,12 +73,14 @@ pub fn run<L: RwLockImpl<u64>>(
         let writer = s.spawn(|| {
             fine_timer_slack();
             start_line.wait();
-            write_on_schedule(lock, Instant::now(), period, window)
+            let start = Instant::now();
+            (start, write_on_schedule(lock, start, period, window))
         });
         start_line.wait();
-        let start = Instant::now();
-        let latencies_ns = writer.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+        let (start, latencies_ns) = writer.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
         stop.store(true, Ordering::Relaxed);
+        // The writer's start is the common start: the readers passed the
+        // same barrier.
         let elapsed = start.elapsed();
         // Leaving the scope joins the readers, which publish their counts.
         (latencies_ns, elapsed)

@@ -768,4 +768,185 @@ mod tests {
         );
         assert_eq!(out, "  a           b\n  long name   1\n  x          22\n");
     }
+
+    /// A cell measured at `mops` Mops/s whose repetitions spread by `spread`%.
+    fn stats(threads: usize, mops: f64, spread: f64) -> Stats {
+        Stats {
+            ns_per_op_per_thread: threads as f64 * 1e3 / mops,
+            mops_total: mops,
+            spread_pct: spread,
+            samples_mops: vec![mops],
+            ops: 1,
+        }
+    }
+
+    fn report(mode: &'static str, reps: usize, workloads: Vec<WorkloadReport>) -> Report {
+        Report {
+            version: "0",
+            mode,
+            slice_ms: 100.0,
+            reps,
+            threads: vec![1, 2],
+            rwlock_threads: vec![1, 2],
+            cpus: 2,
+            machine: Machine {
+                cpu_model: "test CPU".into(),
+                cpus: 2,
+                cpu_ids: 2,
+                os: "linux".into(),
+                arch: "x86_64".into(),
+                backend: "rseq".into(),
+            },
+            raw_rseq_unavailable: None,
+            workloads,
+            wall_s: 1.0,
+            noisy_cells: None,
+            cells_with_spread: 0,
+        }
+    }
+
+    #[test]
+    fn a_spread_above_25_percent_is_marked_and_counted() {
+        let mut w = WorkloadReport::new("w", "a workload");
+        w.push("ours", Role::Ours, 1, stats(1, 100.0, 25.0));
+        w.push("peer", Role::Peer, 1, stats(1, 50.0, 25.1));
+        w.push("peer", Role::Peer, 2, stats(2, 50.0, 140.0));
+        let style = Style { spread: true, smoke: false };
+        let text = w.render(&style);
+        let line = |name: &str, t: &str| {
+            text.lines()
+                .map(str::trim_start)
+                .find(|l| {
+                    l.strip_prefix(name).and_then(|rest| rest.split_whitespace().next()) == Some(t)
+                })
+                .unwrap_or_else(|| panic!("no row {name} {t} in\n{text}"))
+                .to_string()
+        };
+        assert!(line("ours: ours", "1").ends_with("25.0%"), "{text}");
+        assert!(line("peer", "1").ends_with("25.1% noisy"), "{text}");
+        assert!(line("peer", "2").ends_with("140.0% noisy"), "{text}");
+
+        let mut r = report("default", 3, vec![w]);
+        r.count_noise();
+        assert_eq!((r.noisy_cells, r.cells_with_spread), (Some(2), 3));
+        let footer = r.footer();
+        assert!(footer.contains("warning: the machine was noisy: 2 of 3 cells"), "{footer}");
+
+        let mut quiet = WorkloadReport::new("w", "a workload");
+        quiet.push("ours", Role::Ours, 1, stats(1, 100.0, 3.0));
+        let mut r = report("default", 3, vec![quiet]);
+        r.count_noise();
+        assert_eq!(r.noisy_cells, Some(0));
+        assert!(!r.footer().contains("noisy"), "{}", r.footer());
+        assert!(r.footer().contains("every cell within 25%"), "{}", r.footer());
+    }
+
+    #[test]
+    fn too_few_repetitions_say_noise_was_not_checked() {
+        let mut w = WorkloadReport::new("w", "a workload");
+        w.push("ours", Role::Ours, 1, stats(1, 100.0, 90.0));
+        let mut r = report("default", 1, vec![w]);
+        r.count_noise();
+        assert_eq!(r.noisy_cells, None);
+        assert!(r.footer().contains("noise was not checked"), "{}", r.footer());
+        assert!(!r.style().spread);
+    }
+
+    #[test]
+    fn worst_case_goals_name_where_they_are_judged() {
+        let mut w = WorkloadReport::new("rw", "a lock");
+        for (t, ours, a, b) in
+            [(1, 300.0, 100.0, 200.0), (2, 90.0, 120.0, 100.0), (8, 50.0, 20.0, 10.0)]
+        {
+            w.push("ours", Role::Ours, t, stats(t, ours, 1.0));
+            w.push("limit", Role::Limit, t, stats(t, ours * 2.0, 1.0));
+            w.push("a", Role::Peer, t, stats(t, a, 1.0));
+            w.push("b", Role::Peer, t, stats(t, b, 1.0));
+        }
+        w.goal_best_peer_everywhere("ours", 0.9);
+        w.goal_within_everywhere("ours", "limit", 1.3);
+        let g = &w.goals[0];
+        assert_eq!(
+            (g.threads, g.value, g.against, g.met),
+            (Some(2), Some(0.75), Some("a"), Some(false))
+        );
+        let g = &w.goals[1];
+        assert_eq!((g.threads, g.value, g.met), (Some(1), Some(2.0), Some(false)));
+        let text = w.render(&Style::default());
+        assert!(
+            text.contains(
+                "goal: ours >= 0.9x the best peer's throughput at every thread count: \
+                 0.750x at 2 threads (vs a), not met"
+            ),
+            "{text}"
+        );
+        let smoke = w.render(&Style { spread: false, smoke: true });
+        assert!(!smoke.contains("met\n"), "{smoke}");
+        assert!(smoke.contains("0.750x at 2 threads (vs a), no verdict (smoke run)"), "{smoke}");
+
+        // Raising ours everywhere meets it.
+        let mut w2 = WorkloadReport::new("rw", "a lock");
+        w2.push("ours", Role::Ours, 2, stats(2, 110.0, 1.0));
+        w2.push("a", Role::Peer, 2, stats(2, 120.0, 1.0));
+        w2.goal_best_peer_everywhere("ours", 0.9);
+        assert_eq!(w2.goals[0].met, Some(true));
+        // Nothing to judge: not measured, not met.
+        let mut empty = WorkloadReport::new("rw", "a lock");
+        empty.goal_best_peer_everywhere("ours", 0.9);
+        assert_eq!((empty.goals[0].value, empty.goals[0].met), (None, None));
+        assert!(empty.render(&Style::default()).contains(": not measured"));
+    }
+
+    #[test]
+    fn periodic_writer_goals_and_table() {
+        let figures = |done: u64, p99: u64| WriterFigures {
+            period_us: 100.0,
+            requested: 1000,
+            done,
+            done_pct: done as f64 / 10.0,
+            latency_p50_ns: Some(p99 / 10),
+            latency_p99_ns: Some(p99),
+            latency_max_ns: Some(p99 * 3),
+        };
+        let mut w = WorkloadReport::new("periodic", "a writer");
+        w.threads_label = "readers";
+        w.push_writer("ours", Role::Ours, 2, stats(2, 500.0, 1.0), figures(990, 1_500));
+        w.push_writer("pl", Role::Peer, 2, stats(2, 50.0, 1.0), figures(1000, 1_000));
+        w.push_writer("ours", Role::Ours, 8, stats(8, 400.0, 1.0), figures(960, 9_000));
+        w.push_writer("pl", Role::Peer, 8, stats(8, 40.0, 1.0), figures(1000, 2_000));
+        w.goal_writes_done("ours", 95.0);
+        w.goal_write_p99_within("ours", "pl", 2.0);
+        let done = &w.goals[0];
+        assert_eq!((done.threads, done.value, done.met), (Some(8), Some(96.0), Some(true)));
+        let p99 = &w.goals[1];
+        assert_eq!((p99.threads, p99.value, p99.met), (Some(8), Some(4.5), Some(false)));
+        let text = w.render(&Style { spread: true, smoke: false });
+        assert!(text.contains("write p50 us"), "{text}");
+        let row = text.lines().find(|l| l.contains("ours:") && l.contains(" 8 ")).unwrap();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[cells.len() - 5..], ["1.0%", "96.0%", "0.900", "9.00", "27.0"], "{row}");
+        assert!(
+            text.contains(
+                "completes >= 95% of the requested writes at every reader count: \
+                               96.0% at 8 readers, met"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn smoke_runs_say_they_are_not_measurements() {
+        let mut w = WorkloadReport::new("w", "a workload");
+        w.push("ours", Role::Ours, 1, stats(1, 100.0, 0.0));
+        w.goal_faster("ours", "peer", 2.0, Some(1));
+        let mut r = report("smoke", 1, vec![w]);
+        r.count_noise();
+        assert!(r
+            .header()
+            .starts_with("SMOKE RUN: a check that every workload runs, not a measurement"));
+        assert!(r.footer().contains("the figures above mean nothing and no goal is judged"));
+        assert!(!r.footer().contains("goals:"));
+        let r = report("default", 3, Vec::new());
+        assert!(!r.header().contains("SMOKE"));
+    }
 }

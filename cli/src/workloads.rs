@@ -667,3 +667,50 @@ fn memory(wl: &Workload, plan: &Plan, progress: &Progress) -> WorkloadReport {
     ));
     w
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(slice_ms: u64, reps: usize, periodic_writes: u32) -> Plan {
+        let (threads, rwlock_threads) = Plan::default_threads(2);
+        Plan {
+            slice: Duration::from_millis(slice_ms),
+            reps,
+            threads,
+            rwlock_threads,
+            cpus: 2,
+            memory: (10, 2),
+            periodic_writes,
+        }
+    }
+
+    #[test]
+    fn rwlock_mixes_add_2_and_8_threads_by_default() {
+        assert_eq!(Plan::default_threads(2), (vec![1, 2, 8], vec![1, 2, 8]));
+        assert_eq!(Plan::default_threads(1), (vec![1, 4], vec![1, 2, 4, 8]));
+        assert_eq!(Plan::default_threads(16), (vec![1, 16, 64], vec![1, 2, 8, 16, 64]));
+    }
+
+    #[test]
+    fn the_periodic_writer_runs_long_enough_for_its_writes() {
+        let p = plan(100, 3, 50);
+        assert_eq!(p.periodic_readers(), [2, 8]);
+        assert_eq!(p.periodic_window(Duration::from_micros(100)), Duration::from_millis(100));
+        assert_eq!(p.periodic_window(Duration::from_millis(10)), Duration::from_millis(500));
+        // 4 locks x 2 reader counts x 3 repetitions x 500 ms.
+        assert_eq!(p.periodic_cost(4, Duration::from_millis(10)), 12_000);
+    }
+
+    #[test]
+    fn progress_counts_planned_milliseconds() {
+        let p = plan(100, 3, 50);
+        assert_eq!(p.cells(2), 2 * 3 * 3 * 100);
+        assert_eq!(p.rwlock_cells(5), 5 * 3 * 3 * 100);
+        // The default run, every workload, stays near a minute on 2 CPUs.
+        let mut p = plan(100, 3, 50);
+        p.memory = crate::args::Mode::Default.memory_size();
+        let total: u64 = WORKLOADS.iter().map(|w| (w.steps)(&p)).sum();
+        assert!((30_000..120_000).contains(&total), "{total} ms planned");
+    }
+}
