@@ -13,7 +13,7 @@
 //! requested* is the share of periods that got their write.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Barrier;
+use std::sync::{mpsc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,10 @@ use crossbeam_utils::CachePadded;
 use serde::Serialize;
 
 use crate::peers::RwLockImpl;
+
+/// How long after the window the readers are stopped if the writer is
+/// still not done.
+pub const STARVED_WRITER_GRACE: Duration = Duration::from_secs(1);
 
 /// One run of the periodic writer.
 #[derive(Clone, Debug)]
@@ -30,7 +34,9 @@ pub struct WriterSample {
     /// Read lock + unlock pairs done by all readers together.
     pub reads: u64,
     /// From the common start (the writer's) until the readers were told to
-    /// stop: at least `window` less one period.
+    /// stop: at least `window` less one period (when the writer's last write
+    /// was due), at most `window` plus [`STARVED_WRITER_GRACE`] (and the
+    /// time to wake up).
     pub elapsed: Duration,
     /// Periods in the window: one write was wanted in each.
     pub requested: u64,
@@ -70,18 +76,26 @@ pub fn run<L: RwLockImpl<u64>>(
                 reads.fetch_add(n, Ordering::Relaxed);
             });
         }
+        let (done_tx, done_rx) = mpsc::channel::<()>();
         let writer = s.spawn(|| {
             fine_timer_slack();
             start_line.wait();
             let start = Instant::now();
-            (start, write_on_schedule(lock, start, period, window))
+            let latencies = write_on_schedule(lock, start, period, window);
+            drop(done_tx);
+            (start, latencies)
         });
         start_line.wait();
-        let (start, latencies_ns) = writer.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+        // Returns when the writer is done (or has panicked). A lock that
+        // starves its writer gets its readers stopped a while after the
+        // window, which lets the writer finish instead of hanging the run.
+        let _ = done_rx.recv_timeout(window + STARVED_WRITER_GRACE);
         stop.store(true, Ordering::Relaxed);
+        let stopped = Instant::now();
+        let (start, latencies_ns) = writer.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
         // The writer's start is the common start: the readers passed the
         // same barrier.
-        let elapsed = start.elapsed();
+        let elapsed = stopped.saturating_duration_since(start);
         // Leaving the scope joins the readers, which publish their counts.
         (latencies_ns, elapsed)
     });

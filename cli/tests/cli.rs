@@ -282,3 +282,81 @@ fn periodic_writer_drops_the_periods_a_slow_write_took() {
     assert!(s.latencies_ns.iter().all(|&ns| ns >= 6_000_000), "{:?}", s.latencies_ns);
     assert_eq!(s.reads, 0);
 }
+
+/// A lock whose writer gets in only once every reader thread has exited:
+/// under steady readers, it starves its writer for good.
+mod starving {
+    use std::cell::RefCell;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use cpulocal_cli::peers::{Role, RwLockImpl};
+
+    pub struct StarvingLock {
+        pub exited: Arc<AtomicU64>,
+        pub writes: AtomicU64,
+    }
+
+    /// Counts its thread's exit.
+    struct OnExit(Option<Arc<AtomicU64>>);
+
+    impl Drop for OnExit {
+        fn drop(&mut self) {
+            if let Some(exited) = &self.0 {
+                exited.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    thread_local! {
+        static ON_EXIT: RefCell<OnExit> = const { RefCell::new(OnExit(None)) };
+    }
+
+    impl RwLockImpl<u64> for StarvingLock {
+        const NAME: &'static str = "starving";
+        const ROLE: Role = Role::Peer;
+        fn new(_: u64) -> Self {
+            StarvingLock { exited: Arc::new(AtomicU64::new(0)), writes: AtomicU64::new(0) }
+        }
+        fn read<R>(&self, f: impl FnOnce(&u64) -> R) -> R {
+            ON_EXIT.with(|e| {
+                e.borrow_mut().0.get_or_insert_with(|| self.exited.clone());
+            });
+            f(&0)
+        }
+        fn write<R>(&self, f: impl FnOnce(&mut u64) -> R) -> R {
+            while self.exited.load(Ordering::SeqCst) == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            f(&mut 0)
+        }
+    }
+}
+
+#[test]
+fn a_starved_writer_does_not_hang_the_run() {
+    use cpulocal_cli::peers::RwLockImpl;
+    use std::sync::atomic::Ordering;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let lock = starving::StarvingLock::new(0);
+        let s = cpulocal_cli::periodic::run(
+            &lock,
+            1,
+            Duration::from_millis(10),
+            Duration::from_millis(20),
+        );
+        let _ = tx.send((s, lock.writes.load(Ordering::SeqCst)));
+    });
+    // The run stops its readers 1 s after the window; a minute means it
+    // never would.
+    let (s, writes) = rx.recv_timeout(Duration::from_secs(60)).expect("the run hung");
+    let done = s.latencies_ns.len() as u64;
+    assert!((1..=2).contains(&done), "{done}");
+    assert_eq!(done, writes);
+}
