@@ -21,7 +21,8 @@ by more than 25% is marked noisy. The default run takes about a minute on two
 CPUs; its memory workload briefly needs a few hundred MiB (--full: about 2 GiB).
 
 Options:
-      --full             longer run (1 s x 7 per measurement), with the spread
+      --full             longer run (1 s x 7 per measurement, about 18 minutes on
+                         two CPUs), with the spread
       --smoke            tiny run of everything (5 ms x 1), to check that it
                          all runs: its figures are not measurements
       --json FILE        also write every figure to FILE as JSON

@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::args::MemKind;
 use crate::harness::{self, Sample, Stats};
 use crate::peers::{
-    AllocImpl, CounterImpl, CpuLocalNew, OursCounter, OursGet, OursLock, OursRwLock,
+    AllocImpl, CounterImpl, CpuLocalNew, NoLock, OursCounter, OursGet, OursLock, OursRwLock,
     ParkingLotRwLock, PercpuAlloc, RawRseq, Role, RwLockImpl, ShardedRwLock, SharedAtomic,
     SlotImpl, StdRwLock, StripedAtomic, ThreadLocalCounter, ThreadLocalGetOr, ThreadLocalNew,
 };
@@ -45,10 +45,7 @@ impl Plan {
     /// Where the goals are judged: two threads as the issue tracker set
     /// them, or if not measured the fewest threads above one.
     fn goal_threads(&self) -> Option<usize> {
-        if self.threads.contains(&2) {
-            return Some(2);
-        }
-        self.threads.iter().copied().find(|&t| t > 1)
+        goal_threads_in(&self.threads)
     }
 
     /// The thread counts when none are given: 1, one per CPU and four per
@@ -91,6 +88,14 @@ impl Plan {
         let ms = self.periodic_window(period).as_millis().max(1) as u64;
         (impls * 2 * self.reps) as u64 * ms
     }
+}
+
+/// 2 if `threads` has it, else the fewest above one.
+fn goal_threads_in(threads: &[usize]) -> Option<usize> {
+    if threads.contains(&2) {
+        return Some(2);
+    }
+    threads.iter().copied().find(|&t| t > 1)
 }
 
 fn sorted(mut v: Vec<usize>) -> Vec<usize> {
@@ -217,19 +222,19 @@ pub const WORKLOADS: &[Workload] = &[
     Workload {
         id: "rwlock-periodic-100us",
         title: "one writer wants the write lock every 100 us while reader threads read",
-        steps: |p| p.periodic_cost(4, PERIODS[0]),
+        steps: |p| p.periodic_cost(5, PERIODS[0]),
         run: |wl, p, g| periodic_writer(wl, p, g, PERIODS[0]),
     },
     Workload {
         id: "rwlock-periodic-1ms",
         title: "one writer wants the write lock every 1 ms while reader threads read",
-        steps: |p| p.periodic_cost(4, PERIODS[1]),
+        steps: |p| p.periodic_cost(5, PERIODS[1]),
         run: |wl, p, g| periodic_writer(wl, p, g, PERIODS[1]),
     },
     Workload {
         id: "rwlock-periodic-10ms",
         title: "one writer wants the write lock every 10 ms while reader threads read",
-        steps: |p| p.periodic_cost(4, PERIODS[2]),
+        steps: |p| p.periodic_cost(5, PERIODS[2]),
         run: |wl, p, g| periodic_writer(wl, p, g, PERIODS[2]),
     },
     Workload {
@@ -407,7 +412,8 @@ fn rwlock_mix(
     if write_every.is_none() {
         let one_per_cpu = plan.rwlock_threads.contains(&plan.cpus).then_some(plan.cpus);
         w.goal_faster(ours, ShardedRwLock::<u64>::NAME, 2.5, one_per_cpu);
-        w.goal_faster(ours, ParkingLotRwLock::<u64>::NAME, 20.0, plan.goal_threads());
+        let at = goal_threads_in(&plan.rwlock_threads);
+        w.goal_faster(ours, ParkingLotRwLock::<u64>::NAME, 20.0, at);
         w.goal_within_everywhere(ours, TWO_ADDS, 1.3);
         w.notes.push(format!(
             "limit: {TWO_ADDS} is the floor of a read lock + unlock on per-CPU counts: one add \
@@ -486,6 +492,7 @@ fn periodic_writer(
     let mut w = WorkloadReport::new(wl.id, wl.title);
     w.threads_label = "readers";
     periodic_rows::<OursRwLock<u64>>(&mut w, plan, progress, period);
+    periodic_rows::<NoLock>(&mut w, plan, progress, period);
     periodic_rows::<StdRwLock<u64>>(&mut w, plan, progress, period);
     periodic_rows::<ParkingLotRwLock<u64>>(&mut w, plan, progress, period);
     periodic_rows::<ShardedRwLock<u64>>(&mut w, plan, progress, period);
@@ -496,7 +503,9 @@ fn periodic_writer(
     let window = plan.periodic_window(period);
     w.notes.push(format!(
         "{} ms x {} per cell, {} writes wanted in each; summaries compare read throughput; \
-         write latency is from the call to write() to the lock in hand, over every repetition",
+         write latency is from the call to write() to the lock in hand, over every repetition; \
+         a write is missed when the writer wakes or gets the lock a period late: the no-lock \
+         row shows what the timer and the scheduler alone allow",
         num(window.as_secs_f64() * 1e3),
         plan.reps,
         periodic::requested(period, window),
