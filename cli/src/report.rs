@@ -42,7 +42,8 @@ pub struct Report {
     /// Cells whose spread exceeded [`NOISY_SPREAD_PCT`]; `null` when too few
     /// repetitions were made to tell (fewer than 3).
     pub noisy_cells: Option<usize>,
-    /// Cells with a spread, noisy or not.
+    /// Cells with a spread, noisy or not (none with fewer than 3
+    /// repetitions).
     pub cells_with_spread: usize,
 }
 
@@ -686,9 +687,10 @@ impl Report {
             .flat_map(|w| &w.rows)
             .filter_map(|r| Some(r.speed.as_ref()?.spread_pct))
             .collect();
-        self.cells_with_spread = spreads.len();
+        let judged = self.reps > 2;
+        self.cells_with_spread = if judged { spreads.len() } else { 0 };
         self.noisy_cells =
-            (self.reps > 2).then(|| spreads.iter().filter(|&&s| s > NOISY_SPREAD_PCT).count());
+            judged.then(|| spreads.iter().filter(|&&s| s > NOISY_SPREAD_PCT).count());
     }
 
     /// The lines below the tables: the goals met, how noisy the machine
@@ -847,7 +849,7 @@ mod tests {
         w.push("ours", Role::Ours, 1, stats(1, 100.0, 90.0));
         let mut r = report("default", 1, vec![w]);
         r.count_noise();
-        assert_eq!(r.noisy_cells, None);
+        assert_eq!((r.noisy_cells, r.cells_with_spread), (None, 0));
         assert!(r.footer().contains("noise was not checked"), "{}", r.footer());
         assert!(!r.style().spread);
     }
