@@ -13,16 +13,23 @@ pub const USAGE: &str = "\
 Usage: cpulocal [bench] [OPTIONS]
 
 Runs every workload against every peer on this machine and prints one table
-per workload on stdout (a progress bar goes to stderr). Each workload is run
-with 1 thread, one per CPU, and 4 per CPU.
+per workload on stdout (a progress bar with the time left goes to stderr).
+Each workload is run with 1 thread, one per CPU, and 4 per CPU; the rwlock
+read/write mixes also with 2 and 8 threads. The periodic writer always runs
+against one and four reader threads per CPU. A cell whose repetitions spread
+by more than 25% is marked noisy. The default run takes about a minute on two
+CPUs; its memory workload briefly needs a few hundred MiB (--full: about 2 GiB).
 
 Options:
-      --full             longer run (1 s x 7 per measurement), with the spread
-      --smoke            tiny run of everything (5 ms x 1), for CI
+      --full             longer run (1 s x 7 per measurement, about 18 minutes on
+                         two CPUs), with the spread
+      --smoke            tiny run of everything (5 ms x 1), to check that it
+                         all runs: its figures are not measurements
       --json FILE        also write every figure to FILE as JSON
       --plot FILE.svg    also draw Mops/s against threads, one panel per workload
       --filter TEXT      only workloads whose name contains TEXT (repeatable)
-      --threads LIST     thread counts, e.g. 1,2,8 (default: 1, CPUs, 4 x CPUs)
+      --threads LIST     thread counts, e.g. 1,2,8 (default: 1, CPUs, 4 x CPUs,
+                         and for the rwlock mixes also 2 and 8)
       --time MS          milliseconds per measurement (overrides the mode's)
       --reps N           measurements per cell, median reported (overrides)
       --list             list the workloads and exit
@@ -35,7 +42,7 @@ Options:
 pub enum Mode {
     /// Everything, tiny: for CI.
     Smoke,
-    /// What `cargo run --release` runs: under a minute on two cores.
+    /// What `cargo run --release` runs: about a minute on two cores.
     Default,
     /// Long runs, more repetitions, medians with their spread.
     Full,
@@ -69,11 +76,25 @@ impl Mode {
         }
     }
 
-    /// Counters and threads of the memory workload.
+    /// Counters and threads of the memory workload. The per-thread peer
+    /// needs about 17 KiB per counter with 1,000 threads: the default run
+    /// keeps that near 200 MiB, the full run goes to 1.7 GiB.
     pub fn memory_size(self) -> (usize, usize) {
         match self {
             Mode::Smoke => (2_000, 32),
-            Mode::Default | Mode::Full => (100_000, 1_000),
+            Mode::Default => (10_000, 1_000),
+            Mode::Full => (100_000, 1_000),
+        }
+    }
+
+    /// The fewest writes the periodic writer is asked for per measurement:
+    /// a measurement lasts the longer of the slice and this many periods,
+    /// so that a 10 ms period still gives a p99 worth reading.
+    pub fn periodic_writes(self) -> u32 {
+        match self {
+            Mode::Smoke => 3,
+            Mode::Default => 50,
+            Mode::Full => 100,
         }
     }
 }

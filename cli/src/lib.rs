@@ -5,6 +5,7 @@
 //! - [`harness`]: the one harness every implementation runs through.
 //! - [`peers`]: every implementation, one trait per kind of work.
 //! - [`workloads`]: what is measured.
+//! - [`periodic`]: the periodic writer's own harness.
 //! - [`report`], [`plot`]: tables, JSON and SVG.
 //! - [`memory`]: the resident-memory workload's child process.
 #![warn(missing_docs, missing_debug_implementations)]
@@ -15,6 +16,7 @@ pub mod harness;
 pub mod machine;
 pub mod memory;
 pub mod peers;
+pub mod periodic;
 pub mod plot;
 pub mod report;
 pub mod workloads;
@@ -88,14 +90,18 @@ fn bench(a: BenchArgs) -> Result<(), Failure> {
         ))));
     }
     let cpus = machine::online_cpus();
-    let mut threads = a.threads.clone().unwrap_or_else(|| vec![1, cpus, 4 * cpus]);
-    threads.sort_unstable();
-    threads.dedup();
+    let (threads, rwlock_threads) = match &a.threads {
+        Some(t) => (t.clone(), t.clone()),
+        None => Plan::default_threads(cpus),
+    };
     let plan = Plan {
         slice: a.slice.unwrap_or(a.mode.slice()),
         reps: a.reps.unwrap_or(a.mode.reps()),
         threads,
+        rwlock_threads,
+        cpus,
         memory: a.mode.memory_size(),
+        periodic_writes: a.mode.periodic_writes(),
     };
     // Fail now, not after the run, if the outputs cannot be written.
     let create = |path: &Path| {
@@ -112,22 +118,28 @@ fn bench(a: BenchArgs) -> Result<(), Failure> {
         slice_ms: plan.slice.as_secs_f64() * 1e3,
         reps: plan.reps,
         threads: plan.threads.clone(),
+        rwlock_threads: plan.rwlock_threads.clone(),
+        cpus,
         machine: machine::Machine::detect(),
         raw_rseq_unavailable: peers::RawRseq::new().err(),
         workloads: Vec::new(),
         wall_s: 0.0,
+        noisy_cells: None,
+        cells_with_spread: 0,
     };
+    let style = report.style();
     let progress = Progress::new(selected.iter().map(|w| (w.steps)(&plan)).sum());
     progress.print(&report.header());
     for w in selected {
         progress.workload(w.id);
         let result = (w.run)(w, &plan, &progress);
-        progress.print(&result.render(plan.reps > 2));
+        progress.print(&result.render(&style));
         report.workloads.push(result);
     }
     progress.finish();
     report.wall_s = started.elapsed().as_secs_f64();
-    println!("\ndone in {:.1} s", report.wall_s);
+    report.count_noise();
+    println!("\n{}done in {:.1} s", report.footer(), report.wall_s);
 
     if let (Some(path), Some(file)) = (&a.json, json_file) {
         let mut out = BufWriter::new(file);

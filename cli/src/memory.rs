@@ -116,6 +116,16 @@ fn child_run<C: CounterImpl>(counters: usize, threads: usize) -> ChildReport {
     })
 }
 
+/// About how many bytes the larger child (the per-thread peer) makes
+/// resident: `ThreadLocal` gives each counter a slot for every thread id up
+/// to the next power of two (16 bytes each, plus its bucket table), and
+/// every thread has a stack of up to [`STACK`]. Said before the workload
+/// starts, so that nobody is surprised.
+pub fn estimate_bytes(counters: usize, threads: usize) -> u64 {
+    let per_counter = (threads + 1).next_power_of_two() as u64 * 16 + 700;
+    counters as u64 * per_counter + threads as u64 * STACK as u64
+}
+
 /// Runs `cpulocal mem-child` for one side and returns its figures.
 pub fn measure(kind: MemKind, counters: usize, threads: usize) -> Result<MemoryFigures, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;

@@ -7,6 +7,11 @@ use serde::Serialize;
 use crate::harness::Stats;
 use crate::machine::Machine;
 use crate::peers::Role;
+use crate::periodic::WriterFigures;
+
+/// A cell whose repetitions spread by more than this (percent of the
+/// median) is marked noisy.
+pub const NOISY_SPREAD_PCT: f64 = 25.0;
 
 /// Everything one run measured; `--json` writes this.
 #[derive(Debug, Serialize)]
@@ -21,6 +26,11 @@ pub struct Report {
     pub reps: usize,
     /// The thread counts measured.
     pub threads: Vec<usize>,
+    /// The thread counts of the rwlock read/write mixes.
+    pub rwlock_threads: Vec<usize>,
+    /// CPUs this process may use: the periodic writer's readers are one and
+    /// four per CPU.
+    pub cpus: usize,
     /// Where it ran.
     pub machine: Machine,
     /// `null` when the raw rseq limit ran, else why it could not.
@@ -29,6 +39,22 @@ pub struct Report {
     pub workloads: Vec<WorkloadReport>,
     /// Seconds the whole run took.
     pub wall_s: f64,
+    /// Cells whose spread exceeded [`NOISY_SPREAD_PCT`]; `null` when too few
+    /// repetitions were made to tell (fewer than 3).
+    pub noisy_cells: Option<usize>,
+    /// Cells with a spread, noisy or not (none with fewer than 3
+    /// repetitions).
+    pub cells_with_spread: usize,
+}
+
+/// How a report is printed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Style {
+    /// Show the spread column (3 repetitions or more).
+    pub spread: bool,
+    /// A smoke run: figures are a check of the machinery, goals get no
+    /// verdict.
+    pub smoke: bool,
 }
 
 /// One workload: a row per implementation and thread count.
@@ -71,6 +97,9 @@ pub struct Row {
     /// Memory figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryFigures>,
+    /// The periodic writer's figures (then `speed` is the readers').
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writer: Option<WriterFigures>,
     /// Why this implementation did not run here.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
@@ -115,16 +144,25 @@ pub struct Summary {
 pub struct Goal {
     /// What the target is.
     pub text: String,
-    /// Where it is judged.
+    /// Where it is judged; for a goal judged at every thread count, where
+    /// the worst value was.
     pub threads: Option<usize>,
+    /// Whether the goal holds at every thread count, `value` being the
+    /// worst of them.
+    pub everywhere: bool,
     /// What was measured (same unit as `target`); `None` if it could not be.
     pub value: Option<f64>,
+    /// `x` (a ratio) or `%`.
+    pub unit: &'static str,
     /// The bound.
     pub target: f64,
     /// Whether `value` must be at least `target` (else at most).
     pub at_least: bool,
     /// Whether `value` is on the right side of `target`.
     pub met: Option<bool>,
+    /// What the value was measured against, where that varies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub against: Option<&'static str>,
 }
 
 impl WorkloadReport {
@@ -151,6 +189,28 @@ impl WorkloadReport {
             threads,
             speed: Some(stats),
             memory: None,
+            writer: None,
+            skipped: None,
+        });
+    }
+
+    /// Adds a row of the periodic writer: `reads` is the readers'
+    /// throughput, `writer` the writer's figures.
+    pub fn push_writer(
+        &mut self,
+        name: &'static str,
+        role: Role,
+        readers: usize,
+        reads: Stats,
+        writer: WriterFigures,
+    ) {
+        self.rows.push(Row {
+            name,
+            role,
+            threads: readers,
+            speed: Some(reads),
+            memory: None,
+            writer: Some(writer),
             skipped: None,
         });
     }
@@ -163,6 +223,7 @@ impl WorkloadReport {
             threads,
             speed: None,
             memory: None,
+            writer: None,
             skipped: Some(why.to_string()),
         });
     }
@@ -172,19 +233,40 @@ impl WorkloadReport {
         self.rows.iter().find(|r| r.name == name && r.threads == threads)?.speed.as_ref()
     }
 
+    /// The periodic writer's figures of `name` at `readers`.
+    pub fn find_writer(&self, name: &str, readers: usize) -> Option<&WriterFigures> {
+        self.rows.iter().find(|r| r.name == name && r.threads == readers)?.writer.as_ref()
+    }
+
+    /// The thread counts at which `name` was measured, ascending.
+    fn threads_of(&self, name: &str) -> Vec<usize> {
+        let mut t: Vec<usize> = self
+            .rows
+            .iter()
+            .filter(|r| r.name == name && r.speed.is_some())
+            .map(|r| r.threads)
+            .collect();
+        t.sort_unstable();
+        t.dedup();
+        t
+    }
+
+    /// The fastest peer at `threads`, and its throughput.
+    fn best_peer(&self, threads: usize) -> Option<(&'static str, f64)> {
+        self.rows
+            .iter()
+            .filter(|r| r.role == Role::Peer && r.threads == threads)
+            .filter_map(|r| Some((r.name, r.speed.as_ref()?.mops_total)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
     /// Fills `summaries`: every ours row against the fastest peer at its
     /// thread count.
     pub fn summarize_throughput(&mut self) {
         let mut summaries = Vec::new();
         for ours in self.rows.iter().filter(|r| r.role == Role::Ours) {
             let Some(o) = &ours.speed else { continue };
-            let best = self
-                .rows
-                .iter()
-                .filter(|r| r.role == Role::Peer && r.threads == ours.threads)
-                .filter_map(|r| Some((r.name, r.speed.as_ref()?.mops_total)))
-                .max_by(|a, b| a.1.total_cmp(&b.1));
-            if let Some((peer, mops)) = best {
+            if let Some((peer, mops)) = self.best_peer(ours.threads) {
                 summaries.push(Summary {
                     ours: ours.name,
                     threads: ours.threads,
@@ -203,10 +285,13 @@ impl WorkloadReport {
         self.goals.push(Goal {
             text: format!("{ours} >= {factor}x as fast as {peer}"),
             threads,
+            everywhere: false,
             value,
+            unit: "x",
             target: factor,
             at_least: true,
             met: value.map(|v| v >= factor),
+            against: None,
         });
     }
 
@@ -217,10 +302,102 @@ impl WorkloadReport {
         self.goals.push(Goal {
             text: format!("{ours} within {factor}x of {peer}'s time per operation"),
             threads,
+            everywhere: false,
             value,
+            unit: "x",
             target: factor,
             at_least: false,
             met: value.map(|v| v <= factor),
+            against: None,
+        });
+    }
+
+    /// Adds a goal judged at every thread count `ours` was measured at:
+    /// `ours` at least `factor` times the throughput of the best peer there.
+    /// The value is the worst ratio.
+    pub fn goal_best_peer_everywhere(&mut self, ours: &'static str, factor: f64) {
+        let values = self
+            .threads_of(ours)
+            .into_iter()
+            .filter_map(|t| {
+                let (peer, mops) = self.best_peer(t)?;
+                Some((t, self.find(ours, t)?.mops_total / mops, Some(peer)))
+            })
+            .collect();
+        let text = format!("{ours} >= {factor}x the best peer's throughput");
+        self.goal_worst(text, values, factor, true, "x");
+    }
+
+    /// Adds a goal judged at every thread count: `ours` takes at most
+    /// `factor` times the time per operation of `other`. The value is the
+    /// worst ratio.
+    pub fn goal_within_everywhere(&mut self, ours: &'static str, other: &str, factor: f64) {
+        let values = self
+            .threads_of(ours)
+            .into_iter()
+            .filter_map(|t| Some((t, self.ratio(other, ours, Some(t))?, None)))
+            .collect();
+        let text = format!("{ours} within {factor}x of {other}'s time per operation");
+        self.goal_worst(text, values, factor, false, "x");
+    }
+
+    /// Adds a goal of the periodic writer, judged at every reader count:
+    /// `ours` completes at least `pct` percent of the requested writes.
+    pub fn goal_writes_done(&mut self, ours: &'static str, pct: f64) {
+        let values = self
+            .threads_of(ours)
+            .into_iter()
+            .filter_map(|t| Some((t, self.find_writer(ours, t)?.done_pct, None)))
+            .collect();
+        let text = format!("{ours} completes >= {pct}% of the requested writes");
+        self.goal_worst(text, values, pct, true, "%");
+    }
+
+    /// Adds a goal of the periodic writer, judged at every reader count:
+    /// the p99 write latency of `ours` at most `factor` times that of `peer`.
+    pub fn goal_write_p99_within(&mut self, ours: &'static str, peer: &str, factor: f64) {
+        let values = self
+            .threads_of(ours)
+            .into_iter()
+            .filter_map(|t| {
+                let o = self.find_writer(ours, t)?.latency_p99_ns?;
+                let p = self.find_writer(peer, t)?.latency_p99_ns?;
+                Some((t, o as f64 / p.max(1) as f64, None))
+            })
+            .collect();
+        let text = format!("{ours}'s write p99 within {factor}x of {peer}'s");
+        self.goal_worst(text, values, factor, false, "x");
+    }
+
+    /// Adds a goal whose value is the worst of `values` (thread count,
+    /// value, measured against).
+    fn goal_worst(
+        &mut self,
+        text: String,
+        values: Vec<(usize, f64, Option<&'static str>)>,
+        target: f64,
+        at_least: bool,
+        unit: &'static str,
+    ) {
+        let worst = values.into_iter().reduce(|a, b| {
+            let b_worse = if at_least { b.1 < a.1 } else { b.1 > a.1 };
+            if b_worse {
+                b
+            } else {
+                a
+            }
+        });
+        let value = worst.map(|w| w.1);
+        self.goals.push(Goal {
+            text,
+            threads: worst.map(|w| w.0),
+            everywhere: true,
+            value,
+            unit,
+            target,
+            at_least,
+            met: value.map(|v| if at_least { v >= target } else { v <= target }),
+            against: worst.and_then(|w| w.2),
         });
     }
 
@@ -285,71 +462,127 @@ fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
 }
 
 impl WorkloadReport {
+    /// The thread column's label for `n` of them ("1 thread", "2 threads").
+    fn label(&self, n: usize) -> &'static str {
+        if n == 1 {
+            self.threads_label.strip_suffix('s').unwrap_or(self.threads_label)
+        } else {
+            self.threads_label
+        }
+    }
+
     /// The workload as text: title, table, summaries, goals, notes.
-    pub fn render(&self, spread: bool) -> String {
+    pub fn render(&self, style: &Style) -> String {
         let mut out = format!("\n{}: {}\n", self.id, self.title);
         let mut rows: Vec<&Row> = self.rows.iter().collect();
         rows.sort_by_key(|r| r.threads); // stable: implementations keep their order
         let name = |r: &Row| format!("{}{}", r.role.prefix(), r.name);
+        let skipped = |r: &Row| {
+            vec![
+                name(r),
+                r.threads.to_string(),
+                format!("skipped: {}", r.skipped.as_deref().unwrap_or("?")),
+            ]
+        };
+        let spread = |cells: &mut Vec<String>, s: &Stats| {
+            if style.spread {
+                cells.push(spread_cell(s.spread_pct));
+            }
+        };
         if rows.iter().any(|r| r.memory.is_some()) {
             let header =
                 ["implementation", self.threads_label, "counters", "resident MiB", "bytes/counter"];
             let cells: Vec<Vec<String>> = rows
                 .iter()
-                .map(|r| match (&r.memory, &r.skipped) {
-                    (Some(m), _) => vec![
+                .map(|r| match &r.memory {
+                    Some(m) => vec![
                         name(r),
                         m.threads.to_string(),
                         m.counters.to_string(),
                         mib(m.resident_bytes),
                         num(m.bytes_per_counter),
                     ],
-                    (None, why) => vec![
-                        name(r),
-                        r.threads.to_string(),
-                        format!("skipped: {}", why.as_deref().unwrap_or("?")),
-                    ],
+                    None => skipped(r),
+                })
+                .collect();
+            table(&mut out, &header, &cells);
+        } else if rows.iter().any(|r| r.writer.is_some()) {
+            let mut header = vec![self.threads_label, "reads Mops/s"];
+            if style.spread {
+                header.push("spread");
+            }
+            header.extend(["writes done", "write p50 us", "p99 us", "max us"]);
+            header.insert(0, "implementation");
+            let us = |ns: Option<u64>| ns.map_or("-".to_string(), |ns| num(ns as f64 / 1e3));
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| match (&r.speed, &r.writer) {
+                    (Some(s), Some(w)) => {
+                        let mut cells = vec![name(r), r.threads.to_string(), num(s.mops_total)];
+                        spread(&mut cells, s);
+                        cells.extend([
+                            format!("{:.1}%", w.done_pct),
+                            us(w.latency_p50_ns),
+                            us(w.latency_p99_ns),
+                            us(w.latency_max_ns),
+                        ]);
+                        cells
+                    }
+                    _ => skipped(r),
                 })
                 .collect();
             table(&mut out, &header, &cells);
         } else {
             let mut header =
                 vec!["implementation", self.threads_label, self.time_label, "Mops/s total"];
-            if spread {
+            if style.spread {
                 header.push("spread");
             }
             let cells: Vec<Vec<String>> = rows
                 .iter()
-                .map(|r| match (&r.speed, &r.skipped) {
-                    (Some(s), _) => {
+                .map(|r| match &r.speed {
+                    Some(s) => {
                         let mut cells = vec![
                             name(r),
                             r.threads.to_string(),
                             num(s.ns_per_op_per_thread * self.time_scale),
                             num(s.mops_total),
                         ];
-                        if spread {
-                            cells.push(format!("{:.1}%", s.spread_pct));
-                        }
+                        spread(&mut cells, s);
                         cells
                     }
-                    (None, why) => vec![
-                        name(r),
-                        r.threads.to_string(),
-                        format!("skipped: {}", why.as_deref().unwrap_or("?")),
-                    ],
+                    None => skipped(r),
                 })
                 .collect();
             table(&mut out, &header, &cells);
         }
         self.render_summaries(&mut out);
         for g in &self.goals {
-            let at = g.threads.map_or(String::new(), |t| format!(" at {t} {}", self.threads_label));
-            let verdict = match (g.value, g.met) {
-                (Some(v), Some(true)) => format!("{}x, met", num(v)),
-                (Some(v), _) => format!("{}x, not met", num(v)),
-                (None, _) if g.threads.is_none() => "needs a thread count above 1".to_string(),
-                (None, _) => "not measured".to_string(),
+            let at = match g.threads {
+                Some(t) if !g.everywhere => format!(" at {t} {}", self.label(t)),
+                _ if g.everywhere => format!(" at every {} count", self.label(1)),
+                _ => String::new(),
+            };
+            let verdict = match g.value {
+                Some(v) => {
+                    let mut value = format!("{}{}", num(v), g.unit);
+                    if let (true, Some(t)) = (g.everywhere, g.threads) {
+                        let _ = write!(value, " at {t} {}", self.label(t));
+                    }
+                    if let Some(peer) = g.against {
+                        let _ = write!(value, " (vs {peer})");
+                    }
+                    let verdict = match (style.smoke, g.met) {
+                        (true, _) => "no verdict (smoke run)",
+                        (false, Some(true)) => "met",
+                        (false, _) => "not met",
+                    };
+                    format!("{value}, {verdict}")
+                }
+                None if g.threads.is_none() && !g.everywhere => {
+                    "needs a thread count above 1".to_string()
+                }
+                None => "not measured".to_string(),
             };
             let _ = writeln!(out, "  goal: {}{at}: {verdict}", g.text);
         }
@@ -384,13 +617,7 @@ impl WorkloadReport {
                 .enumerate()
                 .map(|(i, s)| {
                     let than = if i == 0 { " than the best peer" } else { "" };
-                    let label = if i > 0 {
-                        ""
-                    } else if s.threads == 1 {
-                        self.threads_label.trim_end_matches('s')
-                    } else {
-                        self.threads_label
-                    };
+                    let label = if i > 0 { "" } else { self.label(s.threads) };
                     let at = format!("at {} {label}", s.threads);
                     format!("{}{than} {} ({})", faster(s.ratio), at.trim_end(), s.best_peer)
                 })
@@ -405,13 +632,25 @@ impl Report {
     pub fn header(&self) -> String {
         let m = &self.machine;
         let threads: Vec<String> = self.threads.iter().map(usize::to_string).collect();
-        let mut out = format!(
-            "cpulocal bench ({} run: {} ms x {} per measurement, median reported; threads {})\n",
+        let mut out = String::new();
+        if self.mode == "smoke" {
+            out.push_str(
+                "SMOKE RUN: a check that every workload runs, not a measurement; the figures \
+                 below mean nothing\n",
+            );
+        }
+        let _ = writeln!(
+            out,
+            "cpulocal bench ({} run: {} ms x {} per measurement, median reported; threads {})",
             self.mode,
             num(self.slice_ms),
             self.reps,
             threads.join(", ")
         );
+        if self.rwlock_threads != self.threads {
+            let rw: Vec<String> = self.rwlock_threads.iter().map(usize::to_string).collect();
+            let _ = writeln!(out, "rwlock read/write mixes: threads {}", rw.join(", "));
+        }
         let _ = writeln!(
             out,
             "machine: {}, {} CPUs usable, {} CPU ids; {} {}",
@@ -426,9 +665,81 @@ impl Report {
             "ns/op/thread = elapsed x threads / operations; Mops/s total = operations / elapsed / 1e6\n",
         );
         if self.reps > 2 {
-            out.push_str("spread = (max - min) / median of the Mops/s of the repetitions\n");
+            let _ = writeln!(
+                out,
+                "spread = (max - min) / median of the Mops/s of the repetitions; above {}%: noisy",
+                NOISY_SPREAD_PCT
+            );
         }
         out
+    }
+
+    /// How the tables are printed for this run.
+    pub fn style(&self) -> Style {
+        Style { spread: self.reps > 2, smoke: self.mode == "smoke" }
+    }
+
+    /// Counts the noisy cells into `noisy_cells` and `cells_with_spread`.
+    pub fn count_noise(&mut self) {
+        let spreads: Vec<f64> = self
+            .workloads
+            .iter()
+            .flat_map(|w| &w.rows)
+            .filter_map(|r| Some(r.speed.as_ref()?.spread_pct))
+            .collect();
+        let judged = self.reps > 2;
+        self.cells_with_spread = if judged { spreads.len() } else { 0 };
+        self.noisy_cells =
+            judged.then(|| spreads.iter().filter(|&&s| s > NOISY_SPREAD_PCT).count());
+    }
+
+    /// The lines below the tables: the goals met, how noisy the machine
+    /// was, and for a smoke run what it was for. Call [`Report::count_noise`]
+    /// first.
+    pub fn footer(&self) -> String {
+        let mut out = String::new();
+        let goals: Vec<&Goal> = self.workloads.iter().flat_map(|w| &w.goals).collect();
+        if self.mode == "smoke" {
+            out.push_str(
+                "smoke run: this checked that every workload runs; 5 ms x 1 per cell is far too \
+                 short to measure anything, so the figures above mean nothing and no goal is \
+                 judged\n",
+            );
+        } else if !goals.is_empty() {
+            let met = goals.iter().filter(|g| g.met == Some(true)).count();
+            let _ = writeln!(out, "goals: {met} of {} met in this run", goals.len());
+        }
+        match self.noisy_cells {
+            Some(0) => {
+                let _ = writeln!(
+                    out,
+                    "spread: every cell within {NOISY_SPREAD_PCT}% between repetitions"
+                );
+            }
+            Some(noisy) => {
+                let _ = writeln!(
+                    out,
+                    "warning: the machine was noisy: {noisy} of {} cells spread by more than \
+                     {NOISY_SPREAD_PCT}% between repetitions (marked noisy); do not trust their \
+                     figures, rerun them on a quiet machine",
+                    self.cells_with_spread
+                );
+            }
+            None if self.mode != "smoke" => out.push_str(
+                "note: fewer than 3 repetitions per cell, so no spread: noise was not checked\n",
+            ),
+            None => {}
+        }
+        out
+    }
+}
+
+/// A spread cell, with a warning past [`NOISY_SPREAD_PCT`].
+fn spread_cell(pct: f64) -> String {
+    if pct > NOISY_SPREAD_PCT {
+        format!("{pct:.1}% noisy")
+    } else {
+        format!("{pct:.1}%")
     }
 }
 
@@ -458,5 +769,186 @@ mod tests {
             &[vec!["long name".into(), "1".into()], vec!["x".into(), "22".into()]],
         );
         assert_eq!(out, "  a           b\n  long name   1\n  x          22\n");
+    }
+
+    /// A cell measured at `mops` Mops/s whose repetitions spread by `spread`%.
+    fn stats(threads: usize, mops: f64, spread: f64) -> Stats {
+        Stats {
+            ns_per_op_per_thread: threads as f64 * 1e3 / mops,
+            mops_total: mops,
+            spread_pct: spread,
+            samples_mops: vec![mops],
+            ops: 1,
+        }
+    }
+
+    fn report(mode: &'static str, reps: usize, workloads: Vec<WorkloadReport>) -> Report {
+        Report {
+            version: "0",
+            mode,
+            slice_ms: 100.0,
+            reps,
+            threads: vec![1, 2],
+            rwlock_threads: vec![1, 2],
+            cpus: 2,
+            machine: Machine {
+                cpu_model: "test CPU".into(),
+                cpus: 2,
+                cpu_ids: 2,
+                os: "linux".into(),
+                arch: "x86_64".into(),
+                backend: "rseq".into(),
+            },
+            raw_rseq_unavailable: None,
+            workloads,
+            wall_s: 1.0,
+            noisy_cells: None,
+            cells_with_spread: 0,
+        }
+    }
+
+    #[test]
+    fn a_spread_above_25_percent_is_marked_and_counted() {
+        let mut w = WorkloadReport::new("w", "a workload");
+        w.push("ours", Role::Ours, 1, stats(1, 100.0, 25.0));
+        w.push("peer", Role::Peer, 1, stats(1, 50.0, 25.1));
+        w.push("peer", Role::Peer, 2, stats(2, 50.0, 140.0));
+        let style = Style { spread: true, smoke: false };
+        let text = w.render(&style);
+        let line = |name: &str, t: &str| {
+            text.lines()
+                .map(str::trim_start)
+                .find(|l| {
+                    l.strip_prefix(name).and_then(|rest| rest.split_whitespace().next()) == Some(t)
+                })
+                .unwrap_or_else(|| panic!("no row {name} {t} in\n{text}"))
+                .to_string()
+        };
+        assert!(line("ours: ours", "1").ends_with("25.0%"), "{text}");
+        assert!(line("peer", "1").ends_with("25.1% noisy"), "{text}");
+        assert!(line("peer", "2").ends_with("140.0% noisy"), "{text}");
+
+        let mut r = report("default", 3, vec![w]);
+        r.count_noise();
+        assert_eq!((r.noisy_cells, r.cells_with_spread), (Some(2), 3));
+        let footer = r.footer();
+        assert!(footer.contains("warning: the machine was noisy: 2 of 3 cells"), "{footer}");
+
+        let mut quiet = WorkloadReport::new("w", "a workload");
+        quiet.push("ours", Role::Ours, 1, stats(1, 100.0, 3.0));
+        let mut r = report("default", 3, vec![quiet]);
+        r.count_noise();
+        assert_eq!(r.noisy_cells, Some(0));
+        assert!(!r.footer().contains("noisy"), "{}", r.footer());
+        assert!(r.footer().contains("every cell within 25%"), "{}", r.footer());
+    }
+
+    #[test]
+    fn too_few_repetitions_say_noise_was_not_checked() {
+        let mut w = WorkloadReport::new("w", "a workload");
+        w.push("ours", Role::Ours, 1, stats(1, 100.0, 90.0));
+        let mut r = report("default", 1, vec![w]);
+        r.count_noise();
+        assert_eq!((r.noisy_cells, r.cells_with_spread), (None, 0));
+        assert!(r.footer().contains("noise was not checked"), "{}", r.footer());
+        assert!(!r.style().spread);
+    }
+
+    #[test]
+    fn worst_case_goals_name_where_they_are_judged() {
+        let mut w = WorkloadReport::new("rw", "a lock");
+        for (t, ours, a, b) in
+            [(1, 300.0, 100.0, 200.0), (2, 90.0, 120.0, 100.0), (8, 50.0, 20.0, 10.0)]
+        {
+            w.push("ours", Role::Ours, t, stats(t, ours, 1.0));
+            w.push("limit", Role::Limit, t, stats(t, ours * 2.0, 1.0));
+            w.push("a", Role::Peer, t, stats(t, a, 1.0));
+            w.push("b", Role::Peer, t, stats(t, b, 1.0));
+        }
+        w.goal_best_peer_everywhere("ours", 0.9);
+        w.goal_within_everywhere("ours", "limit", 1.3);
+        let g = &w.goals[0];
+        assert_eq!(
+            (g.threads, g.value, g.against, g.met),
+            (Some(2), Some(0.75), Some("a"), Some(false))
+        );
+        let g = &w.goals[1];
+        assert_eq!((g.threads, g.value, g.met), (Some(1), Some(2.0), Some(false)));
+        let text = w.render(&Style::default());
+        assert!(
+            text.contains(
+                "goal: ours >= 0.9x the best peer's throughput at every thread count: \
+                 0.750x at 2 threads (vs a), not met"
+            ),
+            "{text}"
+        );
+        let smoke = w.render(&Style { spread: false, smoke: true });
+        assert!(!smoke.contains("met\n"), "{smoke}");
+        assert!(smoke.contains("0.750x at 2 threads (vs a), no verdict (smoke run)"), "{smoke}");
+
+        // Raising ours everywhere meets it.
+        let mut w2 = WorkloadReport::new("rw", "a lock");
+        w2.push("ours", Role::Ours, 2, stats(2, 110.0, 1.0));
+        w2.push("a", Role::Peer, 2, stats(2, 120.0, 1.0));
+        w2.goal_best_peer_everywhere("ours", 0.9);
+        assert_eq!(w2.goals[0].met, Some(true));
+        // Nothing to judge: not measured, not met.
+        let mut empty = WorkloadReport::new("rw", "a lock");
+        empty.goal_best_peer_everywhere("ours", 0.9);
+        assert_eq!((empty.goals[0].value, empty.goals[0].met), (None, None));
+        assert!(empty.render(&Style::default()).contains(": not measured"));
+    }
+
+    #[test]
+    fn periodic_writer_goals_and_table() {
+        let figures = |done: u64, p99: u64| WriterFigures {
+            period_us: 100.0,
+            requested: 1000,
+            done,
+            done_pct: done as f64 / 10.0,
+            latency_p50_ns: Some(p99 / 10),
+            latency_p99_ns: Some(p99),
+            latency_max_ns: Some(p99 * 3),
+        };
+        let mut w = WorkloadReport::new("periodic", "a writer");
+        w.threads_label = "readers";
+        w.push_writer("ours", Role::Ours, 2, stats(2, 500.0, 1.0), figures(990, 1_500));
+        w.push_writer("pl", Role::Peer, 2, stats(2, 50.0, 1.0), figures(1000, 1_000));
+        w.push_writer("ours", Role::Ours, 8, stats(8, 400.0, 1.0), figures(960, 9_000));
+        w.push_writer("pl", Role::Peer, 8, stats(8, 40.0, 1.0), figures(1000, 2_000));
+        w.goal_writes_done("ours", 95.0);
+        w.goal_write_p99_within("ours", "pl", 2.0);
+        let done = &w.goals[0];
+        assert_eq!((done.threads, done.value, done.met), (Some(8), Some(96.0), Some(true)));
+        let p99 = &w.goals[1];
+        assert_eq!((p99.threads, p99.value, p99.met), (Some(8), Some(4.5), Some(false)));
+        let text = w.render(&Style { spread: true, smoke: false });
+        assert!(text.contains("write p50 us"), "{text}");
+        let row = text.lines().find(|l| l.contains("ours:") && l.contains(" 8 ")).unwrap();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[cells.len() - 5..], ["1.0%", "96.0%", "0.900", "9.00", "27.0"], "{row}");
+        assert!(
+            text.contains(
+                "completes >= 95% of the requested writes at every reader count: \
+                               96.0% at 8 readers, met"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn smoke_runs_say_they_are_not_measurements() {
+        let mut w = WorkloadReport::new("w", "a workload");
+        w.push("ours", Role::Ours, 1, stats(1, 100.0, 0.0));
+        w.goal_faster("ours", "peer", 2.0, Some(1));
+        let mut r = report("smoke", 1, vec![w]);
+        r.count_noise();
+        assert!(r
+            .header()
+            .starts_with("SMOKE RUN: a check that every workload runs, not a measurement"));
+        assert!(r.footer().contains("the figures above mean nothing and no goal is judged"));
+        assert!(!r.footer().contains("goals:"));
+        let r = report("default", 3, Vec::new());
+        assert!(!r.header().contains("SMOKE"));
     }
 }

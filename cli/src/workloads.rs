@@ -13,11 +13,12 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::args::MemKind;
 use crate::harness::{self, Sample, Stats};
 use crate::peers::{
-    AllocImpl, CounterImpl, CpuLocalNew, OursCounter, OursGet, OursLock, OursRwLock,
+    AllocImpl, CounterImpl, CpuLocalNew, NoLock, OursCounter, OursGet, OursLock, OursRwLock,
     ParkingLotRwLock, PercpuAlloc, RawRseq, Role, RwLockImpl, ShardedRwLock, SharedAtomic,
     SlotImpl, StdRwLock, StripedAtomic, ThreadLocalCounter, ThreadLocalGetOr, ThreadLocalNew,
 };
-use crate::report::{Row, Summary, WorkloadReport};
+use crate::periodic::{self, WriterFigures, WriterSample};
+use crate::report::{num, Row, Summary, WorkloadReport};
 
 /// What to run, and for how long.
 #[derive(Clone, Debug)]
@@ -28,24 +29,79 @@ pub struct Plan {
     pub reps: usize,
     /// Thread counts, ascending.
     pub threads: Vec<usize>,
+    /// Thread counts of the rwlock read/write mixes, ascending.
+    pub rwlock_threads: Vec<usize>,
+    /// CPUs this process may use: the periodic writer runs one and four
+    /// reader threads per CPU, and "one thread per CPU" goals are judged
+    /// here.
+    pub cpus: usize,
     /// Counters and threads of the memory workload.
     pub memory: (usize, usize),
+    /// The periodic writer's fewest writes per measurement.
+    pub periodic_writes: u32,
 }
 
 impl Plan {
     /// Where the goals are judged: two threads as the issue tracker set
     /// them, or if not measured the fewest threads above one.
     fn goal_threads(&self) -> Option<usize> {
-        if self.threads.contains(&2) {
-            return Some(2);
-        }
-        self.threads.iter().copied().find(|&t| t > 1)
+        goal_threads_in(&self.threads)
     }
 
-    /// Measurements for `impls` implementations at every thread count.
-    fn cells(&self, impls: usize) -> u64 {
-        (impls * self.threads.len() * self.reps) as u64
+    /// The thread counts when none are given: 1, one per CPU and four per
+    /// CPU for every workload; the rwlock mixes add 2 and 8, the counts the
+    /// lock's targets are stated at.
+    pub fn default_threads(cpus: usize) -> (Vec<usize>, Vec<usize>) {
+        let threads = sorted(vec![1, cpus, 4 * cpus]);
+        let rwlock = sorted(vec![1, 2, 8, cpus, 4 * cpus]);
+        (threads, rwlock)
     }
+
+    /// Planned milliseconds of `impls` implementations at every thread
+    /// count: the unit of the progress bar.
+    pub fn cells(&self, impls: usize) -> u64 {
+        (impls * self.threads.len() * self.reps) as u64 * self.slice_ms()
+    }
+
+    /// [`Plan::cells`] for the rwlock mixes' thread counts.
+    pub fn rwlock_cells(&self, impls: usize) -> u64 {
+        (impls * self.rwlock_threads.len() * self.reps) as u64 * self.slice_ms()
+    }
+
+    /// The slice in whole milliseconds (at least 1).
+    pub fn slice_ms(&self) -> u64 {
+        self.slice.as_millis().max(1) as u64
+    }
+
+    /// The reader counts of the periodic writer: one and four per CPU.
+    pub fn periodic_readers(&self) -> [usize; 2] {
+        [self.cpus, 4 * self.cpus]
+    }
+
+    /// How long one measurement of the periodic writer lasts.
+    pub fn periodic_window(&self, period: Duration) -> Duration {
+        self.slice.max(period * self.periodic_writes)
+    }
+
+    /// Planned milliseconds of the periodic writer for `impls` peers.
+    fn periodic_cost(&self, impls: usize, period: Duration) -> u64 {
+        let ms = self.periodic_window(period).as_millis().max(1) as u64;
+        (impls * 2 * self.reps) as u64 * ms
+    }
+}
+
+/// 2 if `threads` has it, else the fewest above one.
+fn goal_threads_in(threads: &[usize]) -> Option<usize> {
+    if threads.contains(&2) {
+        return Some(2);
+    }
+    threads.iter().copied().find(|&t| t > 1)
+}
+
+fn sorted(mut v: Vec<usize>) -> Vec<usize> {
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// The progress bar on stderr (hidden when stderr is not a terminal).
@@ -57,11 +113,11 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// A bar for `total` measurements.
+    /// A bar for `total` planned milliseconds of measurement.
     pub fn new(total: u64) -> Progress {
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
         let style = ProgressStyle::with_template(
-            "{bar:24.cyan/blue} {pos:>3}/{len} {elapsed:>3} {wide_msg}",
+            "{bar:24.cyan/blue} {percent:>3}% {elapsed:>3} gone, ~{eta} left  {wide_msg}",
         )
         .expect("a valid template")
         .progress_chars("=> ");
@@ -78,8 +134,9 @@ impl Progress {
         self.bar.set_message(format!("{}: {msg}", self.workload.get()));
     }
 
-    fn step(&self, n: u64) {
-        self.bar.inc(n);
+    /// Advances the bar by `ms` planned milliseconds.
+    fn step(&self, ms: u64) {
+        self.bar.inc(ms);
     }
 
     /// Prints `text` on stdout without tearing the bar.
@@ -105,7 +162,8 @@ pub struct Workload {
     pub id: &'static str,
     /// What one operation is.
     pub title: &'static str,
-    /// How many progress steps it takes.
+    /// How long it is planned to take, in milliseconds (the progress bar's
+    /// unit; [`Plan::cells`] computes it for the usual workloads).
     pub steps: fn(&Plan) -> u64,
     /// Runs it.
     pub run: fn(&Workload, &Plan, &Progress) -> WorkloadReport,
@@ -127,21 +185,57 @@ pub const WORKLOADS: &[Workload] = &[
     },
     Workload {
         id: "rwlock-read",
-        title: "read lock + unlock",
-        steps: |p| p.cells(4),
+        title: "read lock + unlock (0% writes)",
+        steps: |p| p.rwlock_cells(5),
         run: |wl, p, g| rwlock_mix(wl, p, g, None),
+    },
+    Workload {
+        id: "rwlock-write-0.01pct",
+        title: "read lock + unlock, and a write lock + unlock every 10,000th operation",
+        steps: |p| p.rwlock_cells(4),
+        run: |wl, p, g| rwlock_mix(wl, p, g, Some(10_000)),
     },
     Workload {
         id: "rwlock-write-0.1pct",
         title: "read lock + unlock, and a write lock + unlock every 1,000th operation",
-        steps: |p| p.cells(4),
+        steps: |p| p.rwlock_cells(4),
         run: |wl, p, g| rwlock_mix(wl, p, g, Some(1000)),
     },
     Workload {
         id: "rwlock-write-1pct",
         title: "read lock + unlock, and a write lock + unlock every 100th operation",
-        steps: |p| p.cells(4),
+        steps: |p| p.rwlock_cells(4),
         run: |wl, p, g| rwlock_mix(wl, p, g, Some(100)),
+    },
+    Workload {
+        id: "rwlock-write-10pct",
+        title: "read lock + unlock, and a write lock + unlock every 10th operation",
+        steps: |p| p.rwlock_cells(4),
+        run: |wl, p, g| rwlock_mix(wl, p, g, Some(10)),
+    },
+    Workload {
+        id: "rwlock-write-50pct",
+        title: "read lock + unlock and write lock + unlock in turn",
+        steps: |p| p.rwlock_cells(4),
+        run: |wl, p, g| rwlock_mix(wl, p, g, Some(2)),
+    },
+    Workload {
+        id: "rwlock-periodic-100us",
+        title: "one writer wants the write lock every 100 us while reader threads read",
+        steps: |p| p.periodic_cost(5, PERIODS[0]),
+        run: |wl, p, g| periodic_writer(wl, p, g, PERIODS[0]),
+    },
+    Workload {
+        id: "rwlock-periodic-1ms",
+        title: "one writer wants the write lock every 1 ms while reader threads read",
+        steps: |p| p.periodic_cost(5, PERIODS[1]),
+        run: |wl, p, g| periodic_writer(wl, p, g, PERIODS[1]),
+    },
+    Workload {
+        id: "rwlock-periodic-10ms",
+        title: "one writer wants the write lock every 10 ms while reader threads read",
+        steps: |p| p.periodic_cost(5, PERIODS[2]),
+        run: |wl, p, g| periodic_writer(wl, p, g, PERIODS[2]),
     },
     Workload {
         id: "rwlock-write-idle-readers",
@@ -158,16 +252,26 @@ pub const WORKLOADS: &[Workload] = &[
     Workload {
         id: "alloc",
         title: "allocate, touch this thread's copy, free (one thread)",
-        steps: |p| 3 * p.reps as u64,
+        steps: |p| 3 * p.reps as u64 * p.slice_ms(),
         run: alloc,
     },
     Workload {
         id: "memory",
         title: "resident memory of many counters, each touched once by every thread",
-        steps: |_| 2,
+        steps: |p| 2 * memory_cost_ms(p.memory),
         run: memory,
     },
 ];
+
+/// The periodic writer's periods.
+const PERIODS: [Duration; 3] =
+    [Duration::from_micros(100), Duration::from_millis(1), Duration::from_millis(10)];
+
+/// The progress bar's guess of how long one side of the memory workload
+/// takes: about 1 s per 10 million counter touches, at least 100 ms.
+fn memory_cost_ms((counters, threads): (usize, usize)) -> u64 {
+    ((counters * threads) as u64 / 10_000).max(100)
+}
 
 /// Measures one cell `plan.reps` times.
 fn measure<M, G>(
@@ -187,7 +291,7 @@ where
             let s = if threads == 1 { "" } else { "s" };
             progress.start(format!("{what}, {threads} thread{s} ({}/{})", rep + 1, plan.reps));
             let sample = harness::run(threads, plan.slice, batch, make);
-            progress.step(1);
+            progress.step(plan.slice_ms());
             sample
         })
         .collect();
@@ -260,7 +364,7 @@ fn counter_sum_rows<C: CounterImpl>(w: &mut WorkloadReport, plan: &Plan, progres
             Ok(c) => c,
             Err(why) => {
                 w.skip(C::SUM_NAME, C::ROLE, t, &why);
-                progress.step(plan.reps as u64);
+                progress.step(plan.reps as u64 * plan.slice_ms());
                 continue;
             }
         };
@@ -296,16 +400,53 @@ fn rwlock_mix(
 ) -> WorkloadReport {
     let mut w = WorkloadReport::new(wl.id, wl.title);
     rwlock_rows::<OursRwLock<u64>>(&mut w, plan, progress, write_every);
+    if write_every.is_none() {
+        two_adds_rows(&mut w, plan, progress);
+    }
     rwlock_rows::<StdRwLock<u64>>(&mut w, plan, progress, write_every);
     rwlock_rows::<ParkingLotRwLock<u64>>(&mut w, plan, progress, write_every);
     rwlock_rows::<ShardedRwLock<u64>>(&mut w, plan, progress, write_every);
     w.summarize_throughput();
+    let ours = OursRwLock::<u64>::NAME;
+    w.goal_best_peer_everywhere(ours, 0.9);
     if write_every.is_none() {
-        let (at, ours) = (plan.goal_threads(), OursRwLock::<u64>::NAME);
-        w.goal_faster(ours, ShardedRwLock::<u64>::NAME, 3.0, at);
+        let one_per_cpu = plan.rwlock_threads.contains(&plan.cpus).then_some(plan.cpus);
+        w.goal_faster(ours, ShardedRwLock::<u64>::NAME, 2.5, one_per_cpu);
+        let at = goal_threads_in(&plan.rwlock_threads);
         w.goal_faster(ours, ParkingLotRwLock::<u64>::NAME, 20.0, at);
+        w.goal_within_everywhere(ours, TWO_ADDS, 1.3);
+        w.notes.push(format!(
+            "limit: {TWO_ADDS} is the floor of a read lock + unlock on per-CPU counts: one add \
+             to lock, one to unlock"
+        ));
     }
     w
+}
+
+/// The limit row of the read workload.
+const TWO_ADDS: &str = "two Counter::add";
+
+/// Two `cpulocal::Counter::add`s on two counters: what a read lock and
+/// unlock on per-CPU counts cannot go below.
+fn two_adds_rows(w: &mut WorkloadReport, plan: &Plan, progress: &Progress) {
+    let counters = match (OursCounter::new(), OursCounter::new()) {
+        (Ok(a), Ok(b)) => (CachePadded::new(a), CachePadded::new(b)),
+        (Err(why), _) | (_, Err(why)) => {
+            for &t in &plan.rwlock_threads {
+                w.skip(TWO_ADDS, Role::Limit, t, &why);
+            }
+            return progress.step(plan.rwlock_cells(1));
+        }
+    };
+    for &t in &plan.rwlock_threads {
+        let stats = measure(plan, progress, TWO_ADDS, t, 64, &|_| {
+            || {
+                counters.0.add(1);
+                counters.1.add(1);
+            }
+        });
+        w.push(TWO_ADDS, Role::Limit, t, stats);
+    }
 }
 
 fn rwlock_rows<L: RwLockImpl<u64>>(
@@ -315,14 +456,16 @@ fn rwlock_rows<L: RwLockImpl<u64>>(
     write_every: Option<u64>,
 ) {
     let lock = &CachePadded::new(L::new(0));
-    for &t in &plan.threads {
+    for &t in &plan.rwlock_threads {
         let stats = match write_every {
             None => measure(plan, progress, L::NAME, t, 64, &|_| {
                 || {
                     lock.read(|v| black_box(*v));
                 }
             }),
-            Some(period) => measure(plan, progress, L::NAME, t, 64, &|thread| {
+            // A batch holds at most one write, so that a slow write delays
+            // the end of a measurement by one write at most.
+            Some(period) => measure(plan, progress, L::NAME, t, period.min(64), &|thread| {
                 // Threads write at staggered points of their own count.
                 let mut until_write = 1 + (thread as u64 * 37) % period;
                 move || {
@@ -337,6 +480,67 @@ fn rwlock_rows<L: RwLockImpl<u64>>(
             }),
         };
         w.push(L::NAME, L::ROLE, t, stats);
+    }
+}
+
+fn periodic_writer(
+    wl: &Workload,
+    plan: &Plan,
+    progress: &Progress,
+    period: Duration,
+) -> WorkloadReport {
+    let mut w = WorkloadReport::new(wl.id, wl.title);
+    w.threads_label = "readers";
+    periodic_rows::<OursRwLock<u64>>(&mut w, plan, progress, period);
+    periodic_rows::<NoLock>(&mut w, plan, progress, period);
+    periodic_rows::<StdRwLock<u64>>(&mut w, plan, progress, period);
+    periodic_rows::<ParkingLotRwLock<u64>>(&mut w, plan, progress, period);
+    periodic_rows::<ShardedRwLock<u64>>(&mut w, plan, progress, period);
+    w.summarize_throughput();
+    let ours = OursRwLock::<u64>::NAME;
+    w.goal_writes_done(ours, 95.0);
+    w.goal_write_p99_within(ours, ParkingLotRwLock::<u64>::NAME, 2.0);
+    let window = plan.periodic_window(period);
+    w.notes.push(format!(
+        "{} ms x {} per cell, {} writes wanted in each; summaries compare read throughput; \
+         write latency is from the call to write() to the lock in hand, over every repetition; \
+         a write is missed when the writer wakes or gets the lock a period late: the no-lock \
+         row shows what the timer and the scheduler alone allow",
+        num(window.as_secs_f64() * 1e3),
+        plan.reps,
+        periodic::requested(period, window),
+    ));
+    w
+}
+
+fn periodic_rows<L: RwLockImpl<u64>>(
+    w: &mut WorkloadReport,
+    plan: &Plan,
+    progress: &Progress,
+    period: Duration,
+) {
+    let lock = CachePadded::new(L::new(0));
+    let window = plan.periodic_window(period);
+    for readers in plan.periodic_readers() {
+        let samples: Vec<WriterSample> = (0..plan.reps)
+            .map(|rep| {
+                progress.start(format!(
+                    "{}, writer with {readers} readers ({}/{})",
+                    L::NAME,
+                    rep + 1,
+                    plan.reps
+                ));
+                let sample = periodic::run(&*lock, readers, period, window);
+                progress.step(window.as_millis().max(1) as u64);
+                sample
+            })
+            .collect();
+        let reads: Vec<Sample> = samples
+            .iter()
+            .map(|s| Sample { threads: s.readers, ops: s.reads, elapsed: s.elapsed })
+            .collect();
+        let writer = WriterFigures::of(period, &samples);
+        w.push_writer(L::NAME, L::ROLE, readers, Stats::of(&reads), writer);
     }
 }
 
@@ -378,7 +582,7 @@ fn write_idle_rows<L: RwLockImpl<u64>>(w: &mut WorkloadReport, plan: &Plan, prog
                     finished.wait();
                     sample
                 });
-                progress.step(1);
+                progress.step(plan.slice_ms());
                 sample
             })
             .collect();
@@ -428,6 +632,12 @@ fn alloc_row<A: AllocImpl>(w: &mut WorkloadReport, plan: &Plan, progress: &Progr
 fn memory(wl: &Workload, plan: &Plan, progress: &Progress) -> WorkloadReport {
     let mut w = WorkloadReport::new(wl.id, wl.title);
     let (counters, threads) = plan.memory;
+    let bytes = crate::memory::estimate_bytes(counters, threads);
+    progress.print(&format!(
+        "\nmemory: about to start two child processes in turn, each with {threads} threads \
+         touching {counters} counters; the larger (the per-thread peer) needs about {} MiB\n",
+        num(bytes as f64 / (1 << 20) as f64)
+    ));
     let sides = [
         (MemKind::Ours, "Counter", Role::Ours),
         (MemKind::Peer, ThreadLocalCounter::NAME, Role::Peer),
@@ -441,11 +651,12 @@ fn memory(wl: &Workload, plan: &Plan, progress: &Progress) -> WorkloadReport {
                 threads,
                 speed: None,
                 memory: Some(m),
+                writer: None,
                 skipped: None,
             }),
             Err(why) => w.skip(name, role, threads, &why),
         }
-        progress.step(1);
+        progress.step(memory_cost_ms(plan.memory));
     }
     let bytes =
         |role| w.rows.iter().find(|r| r.role == role)?.memory.as_ref().map(|m| m.resident_bytes);
@@ -464,4 +675,51 @@ fn memory(wl: &Workload, plan: &Plan, progress: &Progress) -> WorkloadReport {
          alive, spread over every CPU so each CPU's copy of ours is touched)"
     ));
     w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(slice_ms: u64, reps: usize, periodic_writes: u32) -> Plan {
+        let (threads, rwlock_threads) = Plan::default_threads(2);
+        Plan {
+            slice: Duration::from_millis(slice_ms),
+            reps,
+            threads,
+            rwlock_threads,
+            cpus: 2,
+            memory: (10, 2),
+            periodic_writes,
+        }
+    }
+
+    #[test]
+    fn rwlock_mixes_add_2_and_8_threads_by_default() {
+        assert_eq!(Plan::default_threads(2), (vec![1, 2, 8], vec![1, 2, 8]));
+        assert_eq!(Plan::default_threads(1), (vec![1, 4], vec![1, 2, 4, 8]));
+        assert_eq!(Plan::default_threads(16), (vec![1, 16, 64], vec![1, 2, 8, 16, 64]));
+    }
+
+    #[test]
+    fn the_periodic_writer_runs_long_enough_for_its_writes() {
+        let p = plan(100, 3, 50);
+        assert_eq!(p.periodic_readers(), [2, 8]);
+        assert_eq!(p.periodic_window(Duration::from_micros(100)), Duration::from_millis(100));
+        assert_eq!(p.periodic_window(Duration::from_millis(10)), Duration::from_millis(500));
+        // 4 locks x 2 reader counts x 3 repetitions x 500 ms.
+        assert_eq!(p.periodic_cost(4, Duration::from_millis(10)), 12_000);
+    }
+
+    #[test]
+    fn progress_counts_planned_milliseconds() {
+        let p = plan(100, 3, 50);
+        assert_eq!(p.cells(2), 2 * 3 * 3 * 100);
+        assert_eq!(p.rwlock_cells(5), 5 * 3 * 3 * 100);
+        // The default run, every workload, stays near a minute on 2 CPUs.
+        let mut p = plan(100, 3, 50);
+        p.memory = crate::args::Mode::Default.memory_size();
+        let total: u64 = WORKLOADS.iter().map(|w| (w.steps)(&p)).sum();
+        assert!((30_000..120_000).contains(&total), "{total} ms planned");
+    }
 }

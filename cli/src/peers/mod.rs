@@ -13,7 +13,7 @@ mod slot;
 pub use alloc::{AllocImpl, CpuLocalNew, PercpuAlloc, ThreadLocalNew};
 pub use counter::{CounterImpl, OursCounter, SharedAtomic, StripedAtomic, ThreadLocalCounter};
 pub use rseq_raw::RawRseq;
-pub use rwlock::{OursRwLock, ParkingLotRwLock, RwLockImpl, ShardedRwLock, StdRwLock};
+pub use rwlock::{NoLock, OursRwLock, ParkingLotRwLock, RwLockImpl, ShardedRwLock, StdRwLock};
 pub use slot::{OursGet, OursLock, SlotImpl, ThreadLocalGetOr};
 
 use serde::Serialize;

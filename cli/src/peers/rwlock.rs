@@ -101,3 +101,29 @@ impl<T: Send + Sync> RwLockImpl<T> for ShardedRwLock<T> {
         f(&mut self.0.write().unwrap_or_else(PoisonError::into_inner))
     }
 }
+
+/// No lock at all: reads load a word, writes store one. The periodic
+/// writer's limit row: what the writer's timer and the scheduler allow on
+/// this machine, before any lock adds its cost.
+#[derive(Debug)]
+pub struct NoLock(std::sync::atomic::AtomicU64);
+
+impl RwLockImpl<u64> for NoLock {
+    const NAME: &'static str = "no lock (timer and scheduler)";
+    const ROLE: Role = Role::Limit;
+    fn new(value: u64) -> Self {
+        NoLock(std::sync::atomic::AtomicU64::new(value))
+    }
+    #[inline]
+    fn read<R>(&self, f: impl FnOnce(&u64) -> R) -> R {
+        f(&self.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
+    #[inline]
+    fn write<R>(&self, f: impl FnOnce(&mut u64) -> R) -> R {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut v = self.0.load(Relaxed);
+        let r = f(&mut v);
+        self.0.store(v, Relaxed);
+        r
+    }
+}
