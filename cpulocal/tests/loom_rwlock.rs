@@ -52,15 +52,12 @@ const SLOTS: usize = 2;
 /// Model threads at most (each has a light-fence mutex).
 const THREADS: usize = 4;
 
-/// Hands out thread numbers; reset by every model run's `Lock::new`.
-static NEXT_THREAD: StdAtomicUsize = StdAtomicUsize::new(0);
-
 loom::thread_local! {
     /// The model CPU the thread is on, and whether it moves to the next one
     /// after each count it makes.
     static CPU: Cell<(usize, bool)> = Cell::new((0, false));
-    /// The thread's number, for its light-fence mutex.
-    static ME: usize = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
+    /// The thread's number, for its light-fence mutex, once it has one.
+    static ME: Cell<Option<usize>> = Cell::new(None);
 }
 
 /// Puts the calling thread on `slot`; with `hops`, it moves on after every
@@ -110,11 +107,12 @@ struct Model {
     sleepers: Mutex<()>,
     wakeup: Condvar,
     clock: StdAtomicU64,
+    /// Hands out thread numbers.
+    next_thread: StdAtomicUsize,
 }
 
 impl Model {
     fn new(config: Config) -> Model {
-        NEXT_THREAD.store(0, Ordering::Relaxed);
         Model {
             config,
             locks: [AtomicU64::new(0), AtomicU64::new(0)],
@@ -123,6 +121,7 @@ impl Model {
             sleepers: Mutex::new(()),
             wakeup: Condvar::new(),
             clock: StdAtomicU64::new(0),
+            next_thread: StdAtomicUsize::new(0),
         }
     }
 }
@@ -144,22 +143,26 @@ impl Env for Model {
         }
     }
 
-    fn slots(&self) -> usize {
-        SLOTS
+    fn locks(&self) -> u64 {
+        self.locks.iter().fold(0, |sum, c| sum.wrapping_add(c.load(Ordering::Acquire)))
     }
 
-    fn locks(&self, slot: usize) -> u64 {
-        self.locks[slot].load(Ordering::Acquire)
-    }
-
-    fn unlocks(&self, slot: usize) -> u64 {
-        self.unlocks[slot].load(Ordering::Acquire)
+    fn unlocks(&self) -> u64 {
+        self.unlocks.iter().fold(0, |sum, c| sum.wrapping_add(c.load(Ordering::Acquire)))
     }
 
     fn light_fence(&self) {
         if !self.config.fences {
         } else if self.config.membarrier {
-            drop(self.fences[ME.with(|me| *me)].lock().unwrap());
+            let me = ME.with(|me| match me.get() {
+                Some(n) => n,
+                None => {
+                    let n = self.next_thread.fetch_add(1, Ordering::Relaxed);
+                    me.set(Some(n));
+                    n
+                }
+            });
+            drop(self.fences[me].lock().unwrap());
         } else {
             fence(Ordering::SeqCst);
         }

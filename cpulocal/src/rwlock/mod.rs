@@ -115,13 +115,14 @@ impl Cpus {
         }
     }
 
-    /// Slot `slot`'s count at `offset`: a CPU's, the spill slot's, or past
-    /// them, the spare word.
-    fn load(&self, slot: usize, offset: usize) -> u64 {
-        if slot == cpu::slots() {
-            return self.spare[offset / 8].load(Ordering::Acquire);
-        }
-        self.counts.get().map_or(0, |base| self.word(base, slot, offset).load(Ordering::Acquire))
+    /// The sum of every slot's count at `offset` (the CPUs', the spill
+    /// slot's and the spare word), each read with acquire ordering.
+    fn sum(&self, offset: usize) -> u64 {
+        let spare = self.spare[offset / 8].load(Ordering::Acquire);
+        let Some(base) = self.counts.get() else { return spare };
+        (0..cpu::slots()).fold(spare, |sum, slot| {
+            sum.wrapping_add(self.word(base, slot, offset).load(Ordering::Acquire))
+        })
     }
 }
 
@@ -145,16 +146,12 @@ impl Env for Cpus {
         self.add(UNLOCKS, Ordering::Release);
     }
 
-    fn slots(&self) -> usize {
-        cpu::slots() + 1
+    fn locks(&self) -> u64 {
+        self.sum(LOCKS)
     }
 
-    fn locks(&self, slot: usize) -> u64 {
-        self.load(slot, LOCKS)
-    }
-
-    fn unlocks(&self, slot: usize) -> u64 {
-        self.load(slot, UNLOCKS)
+    fn unlocks(&self) -> u64 {
+        self.sum(UNLOCKS)
     }
 
     #[inline(always)]

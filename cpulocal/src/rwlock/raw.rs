@@ -29,6 +29,8 @@
 //! gate    1 while the writer sleeps waiting for readers to leave.
 //! fenced_until  the clock time after which readers may clear FENCED.
 //! heavy_cost    what the last heavy barrier cost, in nanoseconds.
+//! writes        writes on the fenced path; a reader that sees it change
+//!               restarts the fenced window (writers read no clock).
 //! per slot: locks (read_lock attempts), unlocks (read_unlock and back-offs),
 //!         both monotonic, wrapping.
 //! ```
@@ -63,6 +65,10 @@ pub(crate) const INHIBIT: u64 = 9;
 /// floor for when a heavy barrier happens to be quick.
 pub(crate) const MIN_FENCED_NS: u64 = 50_000;
 
+/// Rounds of spinning (2 + 4 + 8 + 16 spin-loop hints, about a
+/// microsecond) a writer gives readers that met the previous writer.
+const PARKED_ROUNDS: u32 = 4;
+
 /// What the protocol needs from its surroundings.
 pub(crate) trait Env {
     /// Rounds of spinning (each a few more spin-loop hints, up to 64)
@@ -78,12 +84,12 @@ pub(crate) trait Env {
     /// the slot of its `count_lock`), with release ordering: everything the
     /// caller did before is visible to whoever reads the count with acquire.
     fn count_unlock(&self);
-    /// The number of slots the counts are spread over.
-    fn slots(&self) -> usize;
-    /// Slot `slot`'s lock count, read with acquire ordering.
-    fn locks(&self, slot: usize) -> u64;
-    /// Slot `slot`'s unlock count, read with acquire ordering.
-    fn unlocks(&self, slot: usize) -> u64;
+    /// The sum (wrapping) of every slot's lock count, each read with
+    /// acquire ordering.
+    fn locks(&self) -> u64;
+    /// The sum (wrapping) of every slot's unlock count, each read with
+    /// acquire ordering.
+    fn unlocks(&self) -> u64;
     /// The readers' fence while the lock is not FENCED, and when they
     /// unlock: costs a reader (almost) nothing, and acts as a full fence for
     /// every reader once a writer has run [`Env::heavy_barrier`]. A full
@@ -129,6 +135,10 @@ struct Cold {
     gate: AtomicU32,
     fenced_until: AtomicU64,
     heavy_cost: AtomicU64,
+    /// Writes on the fenced path (written under `wlock`), and the count a
+    /// reader last saw when it looked at the clock.
+    writes: AtomicU64,
+    writes_seen: AtomicU64,
 }
 
 /// The lock without its data. See the [module docs](self).
@@ -148,6 +158,8 @@ impl<E: Env> RawRwLock<E> {
                 gate: AtomicU32::new(0),
                 fenced_until: AtomicU64::new(0),
                 heavy_cost: AtomicU64::new(0),
+                writes: AtomicU64::new(0),
+                writes_seen: AtomicU64::new(0),
             },
         }
     }
@@ -163,6 +175,8 @@ impl<E: Env> RawRwLock<E> {
                 gate: AtomicU32::new(0),
                 fenced_until: AtomicU64::new(0),
                 heavy_cost: AtomicU64::new(0),
+                writes: AtomicU64::new(0),
+                writes_seen: AtomicU64::new(0),
             },
         }
     }
@@ -241,7 +255,17 @@ impl<E: Env> RawRwLock<E> {
     fn maybe_unfence(&self) {
         let env = &self.hot.env;
         let cold = &self.cold;
-        if env.now() < cold.fenced_until.load(Relaxed) {
+        let now = env.now();
+        // Writers do not read the clock on the fenced path: the first reader
+        // to look after a write starts the window from there.
+        let writes = cold.writes.load(Relaxed);
+        if writes != cold.writes_seen.load(Relaxed) {
+            cold.writes_seen.store(writes, Relaxed);
+            let window = (INHIBIT * cold.heavy_cost.load(Relaxed)).max(MIN_FENCED_NS);
+            cold.fenced_until.store(now.saturating_add(window), Relaxed);
+            return;
+        }
+        if now < cold.fenced_until.load(Relaxed) {
             return;
         }
         // FENCED changes only under the writers' mutex, where writers
@@ -250,7 +274,7 @@ impl<E: Env> RawRwLock<E> {
             return;
         }
         let state = &self.hot.state;
-        if env.now() >= cold.fenced_until.load(Relaxed) {
+        if cold.writes.load(Relaxed) == writes && now >= cold.fenced_until.load(Relaxed) {
             if !env.has_heavy_barrier() {
                 state.fetch_or(NO_BARRIER, SeqCst);
             } else if state.load(Relaxed) & NO_BARRIER == 0 {
@@ -439,10 +463,8 @@ impl<E: Env> RawRwLock<E> {
             // Every reader fences after its count: a fence here pairs with it.
             state.fetch_or(WRITER, SeqCst);
             env.full_fence();
-            if s & NO_BARRIER == 0 {
-                let window = (INHIBIT * cold.heavy_cost.load(Relaxed)).max(MIN_FENCED_NS);
-                cold.fenced_until.store(env.now().saturating_add(window), Relaxed);
-            }
+            // Readers restart the fenced window when they see this change.
+            cold.writes.store(cold.writes.load(Relaxed).wrapping_add(1), Relaxed);
             return Some(false);
         }
         // Readers skip their fence: interrupt them all. From now on they
@@ -469,12 +491,10 @@ impl<E: Env> RawRwLock<E> {
     /// of the unlock counts, read first, equals the sum of the lock counts.
     fn drained(&self) -> bool {
         let env = &self.hot.env;
-        let slots = env.slots();
-        let unlocks = (0..slots).fold(0u64, |sum, s| sum.wrapping_add(env.unlocks(s)));
+        let unlocks = env.unlocks();
         // Every unlock summed above happened after its lock, and the acquire
         // loads make that lock visible to the loads below.
-        let locks = (0..slots).fold(0u64, |sum, s| sum.wrapping_add(env.locks(s)));
-        locks == unlocks
+        env.locks() == unlocks
     }
 
     /// Waits until [`drained`](Self::drained): spins, yields, then sleeps
@@ -528,7 +548,7 @@ impl<E: Env> RawRwLock<E> {
     /// left behind by a thread that no longer exists, after `fork`).
     fn let_parked_in(&self) {
         let parked = &self.cold.parked;
-        for round in 0..E::SPINS {
+        for round in 0..E::SPINS.min(PARKED_ROUNDS) {
             if parked.load(Acquire) == 0 {
                 return;
             }
