@@ -129,6 +129,11 @@ impl Model {
 impl Env for Model {
     const SPINS: u32 = 0;
     const YIELDS: u32 = 0;
+    // Every fenced write switches readers to the central count, and every
+    // central write switches them back: as many mode switches as can be.
+    const ENTER_CENTRAL_BELOW: u64 = u64::MAX;
+    const LEAVE_CENTRAL_ABOVE: u64 = 0;
+    const CENTRAL_CHECK: u32 = 1;
 
     fn count_lock(&self) {
         self.locks[next_slot()].fetch_add(1, Ordering::Relaxed);
@@ -231,21 +236,21 @@ impl Lock {
     }
 
     fn read(&self) -> u64 {
-        self.raw.read_lock();
+        let central = self.raw.read_lock();
         // SAFETY: read-locked; loom reports a causality violation if a
         // writer's access is not ordered with this one.
         let v = self.data.with(|p| unsafe { *p });
         // SAFETY: we hold the read lock taken above.
-        unsafe { self.raw.read_unlock() };
+        unsafe { self.raw.read_unlock(central) };
         v
     }
 
     fn try_read(&self) -> Option<u64> {
-        self.raw.try_read_lock().then(|| {
+        self.raw.try_read_lock().map(|central| {
             // SAFETY: as in `read`.
             let v = self.data.with(|p| unsafe { *p });
             // SAFETY: we hold the read lock taken above.
-            unsafe { self.raw.read_unlock() };
+            unsafe { self.raw.read_unlock(central) };
             v
         })
     }
@@ -306,7 +311,7 @@ fn reader_inside_then_hopper_and_writer(config: Config) {
     loom::model(move || {
         let lock = Lock::new(config);
         run_on(1, false);
-        lock.raw.read_lock();
+        let central = lock.raw.read_lock();
         let writer = {
             let lock = lock.clone();
             thread::spawn(move || {
@@ -325,7 +330,7 @@ fn reader_inside_then_hopper_and_writer(config: Config) {
         // SAFETY: read-locked above; loom checks the claim.
         let seen = lock.data.with(|p| unsafe { *p });
         // SAFETY: we hold the read lock taken above.
-        unsafe { lock.raw.read_unlock() };
+        unsafe { lock.raw.read_unlock(central) };
         assert_eq!(seen, 0, "the writer got in while a reader was inside");
         writer.join().unwrap();
         hopper.join().unwrap();

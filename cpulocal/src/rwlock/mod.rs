@@ -135,6 +135,9 @@ thread_local! {
 impl Env for Cpus {
     const SPINS: u32 = 12;
     const YIELDS: u32 = 4;
+    const ENTER_CENTRAL_BELOW: u64 = 16;
+    const LEAVE_CENTRAL_ABOVE: u64 = 64;
+    const CENTRAL_CHECK: u32 = 8;
 
     #[inline(always)]
     fn count_lock(&self) {
@@ -369,9 +372,9 @@ impl<T: ?Sized> RwLock<T> {
     /// ```
     #[inline]
     pub fn read(&self) -> RwLockReadGuard<'_, T> {
-        self.raw.read_lock();
-        // SAFETY: read-locked just now.
-        unsafe { RwLockReadGuard::new(self) }
+        let central = self.raw.read_lock();
+        // SAFETY: read-locked just now, as `central` says.
+        unsafe { RwLockReadGuard::new(self, central) }
     }
 
     /// Locks for writing, waiting for other writers and then for every
@@ -404,8 +407,8 @@ impl<T: ?Sized> RwLock<T> {
     /// ```
     #[inline]
     pub fn try_read(&self) -> Option<RwLockReadGuard<'_, T>> {
-        // SAFETY: read-locked if `try_read_lock` says so.
-        self.raw.try_read_lock().then(|| unsafe { RwLockReadGuard::new(self) })
+        // SAFETY: read-locked if `try_read_lock` says so, as it says.
+        self.raw.try_read_lock().map(|central| unsafe { RwLockReadGuard::new(self, central) })
     }
 
     /// Locks for writing if no one holds the lock and no writer waits for
@@ -522,6 +525,8 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for RwLock<T> {
 pub struct RwLockReadGuard<'a, T: ?Sized + 'a> {
     data: NonNull<T>,
     raw: &'a RawRwLock<Cpus>,
+    /// Held through the central count rather than the per-CPU counts.
+    central: bool,
 }
 
 /// The write lock on an [`RwLock`]; the lock is released when it is dropped.
@@ -553,6 +558,7 @@ pub struct RwLockWriteGuard<'a, T: ?Sized + 'a> {
 pub struct MappedRwLockReadGuard<'a, T: ?Sized + 'a> {
     data: NonNull<T>,
     raw: &'a RawRwLock<Cpus>,
+    central: bool,
 }
 
 /// The write lock on part of an [`RwLock`]'s value, from
@@ -576,11 +582,12 @@ unsafe impl<T: ?Sized + Sync> Sync for MappedRwLockWriteGuard<'_, T> {}
 
 impl<'a, T: ?Sized> RwLockReadGuard<'a, T> {
     /// # Safety
-    /// The caller has read-locked `lock`; the guard will unlock it.
-    unsafe fn new(lock: &'a RwLock<T>) -> Self {
+    /// The caller has read-locked `lock` (centrally if `central`); the
+    /// guard will unlock it.
+    unsafe fn new(lock: &'a RwLock<T>, central: bool) -> Self {
         // SAFETY: `UnsafeCell::get` never returns null.
         let data = unsafe { NonNull::new_unchecked(lock.data.get()) };
-        RwLockReadGuard { data, raw: &lock.raw }
+        RwLockReadGuard { data, raw: &lock.raw, central }
     }
 
     /// A guard for a part of the value, keeping the read lock.
@@ -596,7 +603,7 @@ impl<'a, T: ?Sized> RwLockReadGuard<'a, T> {
         // SAFETY: read-locked through `orig`; if `f` panics, `orig` unlocks.
         let data = NonNull::from(f(unsafe { orig.data.as_ref() }));
         let orig = ManuallyDrop::new(orig);
-        MappedRwLockReadGuard { data, raw: orig.raw }
+        MappedRwLockReadGuard { data, raw: orig.raw, central: orig.central }
     }
 
     /// A guard for a part of the value if `f` finds one; otherwise the
@@ -622,7 +629,7 @@ impl<'a, T: ?Sized> RwLockReadGuard<'a, T> {
             Some(part) => {
                 let data = NonNull::from(part);
                 let orig = ManuallyDrop::new(orig);
-                Ok(MappedRwLockReadGuard { data, raw: orig.raw })
+                Ok(MappedRwLockReadGuard { data, raw: orig.raw, central: orig.central })
             }
             None => Err(orig),
         }
@@ -642,7 +649,7 @@ impl<'a, T: ?Sized> MappedRwLockReadGuard<'a, T> {
         // SAFETY: read-locked through `orig`; if `f` panics, `orig` unlocks.
         let data = NonNull::from(f(unsafe { orig.data.as_ref() }));
         let orig = ManuallyDrop::new(orig);
-        MappedRwLockReadGuard { data, raw: orig.raw }
+        MappedRwLockReadGuard { data, raw: orig.raw, central: orig.central }
     }
 
     /// As [`RwLockReadGuard::try_map`], for a part of a part.
@@ -665,7 +672,7 @@ impl<'a, T: ?Sized> MappedRwLockReadGuard<'a, T> {
             Some(part) => {
                 let data = NonNull::from(part);
                 let orig = ManuallyDrop::new(orig);
-                Ok(MappedRwLockReadGuard { data, raw: orig.raw })
+                Ok(MappedRwLockReadGuard { data, raw: orig.raw, central: orig.central })
             }
             None => Err(orig),
         }
@@ -737,8 +744,8 @@ impl<'a, T: ?Sized> RwLockWriteGuard<'a, T> {
         // SAFETY: we hold the write lock, and give it up for a read lock,
         // which the new guard releases.
         unsafe {
-            lock.raw.downgrade();
-            RwLockReadGuard::new(lock)
+            let central = lock.raw.downgrade();
+            RwLockReadGuard::new(lock, central)
         }
     }
 }
@@ -804,8 +811,9 @@ impl<T: ?Sized> Deref for RwLockReadGuard<'_, T> {
 impl<T: ?Sized> Drop for RwLockReadGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
-        // SAFETY: the guard stands for a read lock taken from this lock.
-        unsafe { self.raw.read_unlock() };
+        // SAFETY: the guard stands for a read lock taken from this lock, as
+        // `central` says.
+        unsafe { self.raw.read_unlock(self.central) };
     }
 }
 
@@ -822,8 +830,9 @@ impl<T: ?Sized> Deref for MappedRwLockReadGuard<'_, T> {
 impl<T: ?Sized> Drop for MappedRwLockReadGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
-        // SAFETY: the guard stands for a read lock taken from this lock.
-        unsafe { self.raw.read_unlock() };
+        // SAFETY: the guard stands for a read lock taken from this lock, as
+        // `central` says.
+        unsafe { self.raw.read_unlock(self.central) };
     }
 }
 

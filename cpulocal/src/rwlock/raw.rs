@@ -55,6 +55,14 @@ const SLEEPERS: u32 = 2;
 const FENCED: u32 = 4;
 /// `state`: no heavy barrier exists; readers fence on unlock too.
 const NO_BARRIER: u32 = 8;
+/// `state`: readers hold the lock through the count in the bits above
+/// (a centralized reader count, for write-heavy phases). Set only with
+/// FENCED.
+const CENTRAL: u32 = 16;
+/// `state`: the central reader count starts at this bit.
+const READERS_SHIFT: u32 = 5;
+/// `state`: one central reader.
+const ONE_READER: u32 = 1 << READERS_SHIFT;
 
 /// How long readers stay fenced after a write, in units of the last heavy
 /// barrier's cost (BRAVO's inhibition factor): the heavy barriers then take
@@ -76,6 +84,14 @@ pub(crate) trait Env {
     const SPINS: u32;
     /// Rounds of yielding before a waiter sleeps.
     const YIELDS: u32;
+    /// A fenced write that finds fewer reads than this since the previous
+    /// write switches readers to the central count.
+    const ENTER_CENTRAL_BELOW: u64;
+    /// A central write that finds more reads per write than this switches
+    /// readers back to the per-CPU counts.
+    const LEAVE_CENTRAL_ABOVE: u64;
+    /// Central writes walk the counts (to count reads) once in this many.
+    const CENTRAL_CHECK: u32;
 
     /// Adds one to the lock count of the slot the caller is on. Needs no
     /// ordering of its own.
@@ -139,7 +155,29 @@ struct Cold {
     /// reader last saw when it looked at the clock.
     writes: AtomicU64,
     writes_seen: AtomicU64,
+    /// The lock counts' sum at the last write that walked them.
+    last_locks: AtomicU64,
+    /// Writes in the central mode since the counts were last walked.
+    central_writes: AtomicU32,
+    /// What the write in progress decided readers do after it: KEEP,
+    /// TO_CENTRAL or FROM_CENTRAL.
+    next_mode: AtomicU32,
 }
+
+/// How a writer blocked readers, and so what it must wait for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Blocked {
+    /// Readers skipped their fence: a heavy barrier; then the walk.
+    Heavy,
+    /// Readers fence: a fence; then the walk.
+    Fenced,
+    /// Readers take the central count: no walk.
+    Central,
+}
+
+const KEEP: u32 = 0;
+const TO_CENTRAL: u32 = 1;
+const FROM_CENTRAL: u32 = 2;
 
 /// The lock without its data. See the [module docs](self).
 pub(crate) struct RawRwLock<E> {
@@ -160,6 +198,9 @@ impl<E: Env> RawRwLock<E> {
                 heavy_cost: AtomicU64::new(0),
                 writes: AtomicU64::new(0),
                 writes_seen: AtomicU64::new(0),
+                last_locks: AtomicU64::new(0),
+                central_writes: AtomicU32::new(0),
+                next_mode: AtomicU32::new(KEEP),
             },
         }
     }
@@ -177,6 +218,9 @@ impl<E: Env> RawRwLock<E> {
                 heavy_cost: AtomicU64::new(0),
                 writes: AtomicU64::new(0),
                 writes_seen: AtomicU64::new(0),
+                last_locks: AtomicU64::new(0),
+                central_writes: AtomicU32::new(0),
+                next_mode: AtomicU32::new(KEEP),
             },
         }
     }
@@ -185,12 +229,15 @@ impl<E: Env> RawRwLock<E> {
         &self.hot.env
     }
 
-    /// What readers do between their count and their check, now: `"fence"`
-    /// (writes were recent), `"no fence"` (they rely on writers' heavy
-    /// barriers) or `"always fence"` (the process has no heavy barrier).
+    /// What readers do now: `"central"` (writes are frequent: one shared
+    /// count), `"fence"` (writes were recent), `"no fence"` (they rely on
+    /// writers' heavy barriers) or `"always fence"` (the process has no
+    /// heavy barrier).
     pub(crate) fn reader_mode(&self) -> &'static str {
         let s = self.hot.state.load(Relaxed);
-        if s & NO_BARRIER != 0 {
+        if s & CENTRAL != 0 {
+            "central"
+        } else if s & NO_BARRIER != 0 {
             "always fence"
         } else if s & FENCED != 0 {
             "fence"
@@ -199,116 +246,195 @@ impl<E: Env> RawRwLock<E> {
         }
     }
 
-    /// Takes a read lock, waiting while a writer is around.
+    /// Takes a read lock, waiting while a writer is around. Returns whether
+    /// the lock is held through the central count (`true`) or the per-CPU
+    /// counts; [`read_unlock`](Self::read_unlock) must be told the same.
     #[inline]
-    pub(crate) fn read_lock(&self) {
+    pub(crate) fn read_lock(&self) -> bool {
         let env = &self.hot.env;
         env.count_lock();
         env.light_fence();
         let s = self.hot.state.load(Acquire);
         if s != 0 {
-            self.read_lock_slow(s);
+            return self.read_lock_slow(s);
         }
+        false
     }
 
-    /// The lock is FENCED, or a writer is around.
+    /// The lock is FENCED or CENTRAL, central readers are inside, or a
+    /// writer is around.
     #[inline(never)]
-    fn read_lock_slow(&self, s: u32) {
-        if s & WRITER == 0 && self.recheck_fenced() {
-            return;
+    fn read_lock_slow(&self, s: u32) -> bool {
+        if s & WRITER == 0 {
+            if let Some(central) = self.enter_counted(s) {
+                return central;
+            }
         }
         self.back_off();
         // Registered: the next writer gives us a moment to get in.
         self.cold.parked.fetch_add(1, SeqCst);
         let env = &self.hot.env;
-        loop {
+        let central = loop {
             self.wait_for_writer();
             env.count_lock();
             env.full_fence();
-            if self.hot.state.load(Acquire) & WRITER == 0 {
-                break;
+            let s = self.hot.state.load(Acquire);
+            if s & WRITER == 0 {
+                if let Some(central) = self.enter_counted(s) {
+                    break central;
+                }
             }
             self.back_off();
-        }
+        };
         self.cold.parked.fetch_sub(1, Release);
+        central
     }
 
-    /// A reader whose lock is counted found FENCED (and no writer): fences
-    /// and looks again. Returns whether it is in.
+    /// A reader whose lock is counted on its CPU saw `s`, without WRITER,
+    /// after its light fence: follows the mode. Returns whether it is in
+    /// through the central count, or `None` if a writer came first (its
+    /// per-CPU count still stands: back off).
     #[inline]
-    fn recheck_fenced(&self) -> bool {
+    fn enter_counted(&self, s: u32) -> Option<bool> {
+        if s & CENTRAL != 0 {
+            return self.enter_central();
+        }
+        if s & FENCED == 0 {
+            // Only central readers still inside made `s` non-zero.
+            return Some(false);
+        }
         let env = &self.hot.env;
         env.fenced_reader_fence();
         let s = self.hot.state.load(Acquire);
         if s & WRITER != 0 {
-            return false;
+            return None;
+        }
+        if s & CENTRAL != 0 {
+            return self.enter_central();
         }
         if s & NO_BARRIER == 0 && env.clock_due() {
-            self.maybe_unfence();
+            self.maybe_relax();
         }
-        true
+        Some(false)
     }
 
-    /// Clears FENCED if writes stopped long enough ago, or marks the lock
-    /// NO_BARRIER for good if the process has no heavy barrier.
+    /// Takes the central count for a reader that holds a per-CPU count and
+    /// saw CENTRAL, then counts the per-CPU lock out. `None`: a writer came
+    /// first (the per-CPU count still stands).
+    #[inline(never)]
+    fn enter_central(&self) -> Option<bool> {
+        let state = &self.hot.state;
+        let mut s = state.load(Relaxed);
+        loop {
+            if s & WRITER != 0 {
+                return None;
+            }
+            if s & CENTRAL == 0 {
+                // A reader switched the lock back to per-CPU counting: ours
+                // stands, and the new mode decides.
+                return self.enter_counted(s);
+            }
+            match state.compare_exchange_weak(s, s + ONE_READER, Acquire, Relaxed) {
+                Ok(_) => break,
+                Err(now) => s = now,
+            }
+        }
+        // SAFETY: the per-CPU lock counted by our caller.
+        unsafe { self.unlock_counted() };
+        if self.hot.env.clock_due() {
+            self.maybe_relax();
+        }
+        Some(true)
+    }
+
+    /// Readers on the fenced or the central path look at the clock now and
+    /// then: once no write came for the window, CENTRAL is cleared (readers
+    /// count per CPU again, with a fence), and after another window FENCED
+    /// (readers rely on writers' heavy barriers again), or NO_BARRIER is
+    /// set for good if the process has no heavy barrier.
     #[cold]
-    fn maybe_unfence(&self) {
+    fn maybe_relax(&self) {
         let env = &self.hot.env;
         let cold = &self.cold;
         let now = env.now();
+        let window = (INHIBIT * cold.heavy_cost.load(Relaxed)).max(MIN_FENCED_NS);
         // Writers do not read the clock on the fenced path: the first reader
         // to look after a write starts the window from there.
         let writes = cold.writes.load(Relaxed);
         if writes != cold.writes_seen.load(Relaxed) {
             cold.writes_seen.store(writes, Relaxed);
-            let window = (INHIBIT * cold.heavy_cost.load(Relaxed)).max(MIN_FENCED_NS);
             cold.fenced_until.store(now.saturating_add(window), Relaxed);
             return;
         }
         if now < cold.fenced_until.load(Relaxed) {
             return;
         }
-        // FENCED changes only under the writers' mutex, where writers
-        // decide whether they need a heavy barrier.
+        // The mode bits change only under the writers' mutex, where writers
+        // decide how to keep readers out.
         if cold.wlock.compare_exchange(0, 1, Acquire, Relaxed).is_err() {
             return;
         }
         let state = &self.hot.state;
         if cold.writes.load(Relaxed) == writes && now >= cold.fenced_until.load(Relaxed) {
-            if !env.has_heavy_barrier() {
+            let s = state.load(Relaxed);
+            if s & CENTRAL != 0 {
+                state.fetch_and(!CENTRAL, SeqCst);
+                cold.fenced_until.store(now.saturating_add(window), Relaxed);
+            } else if !env.has_heavy_barrier() {
                 state.fetch_or(NO_BARRIER, SeqCst);
-            } else if state.load(Relaxed) & NO_BARRIER == 0 {
+            } else if s & NO_BARRIER == 0 {
                 state.fetch_and(!FENCED, SeqCst);
             }
         }
         self.unlock_writers();
     }
 
-    /// Takes a read lock if no writer is around.
+    /// Takes a read lock if no writer is around; `Some(central)` as
+    /// [`read_lock`](Self::read_lock) returns.
     #[inline]
-    pub(crate) fn try_read_lock(&self) -> bool {
+    pub(crate) fn try_read_lock(&self) -> Option<bool> {
         // Not needed for correctness: keeps callers that retry in a loop
         // from making the writer's sums disagree over and over.
         if self.hot.state.load(Relaxed) & WRITER != 0 {
-            return false;
+            return None;
         }
         let env = &self.hot.env;
         env.count_lock();
         env.light_fence();
         let s = self.hot.state.load(Acquire);
-        if s == 0 || (s & WRITER == 0 && self.recheck_fenced()) {
-            return true;
+        if s == 0 {
+            return Some(false);
+        }
+        if s & WRITER == 0 {
+            if let Some(central) = self.enter_counted(s) {
+                return Some(central);
+            }
         }
         self.back_off();
-        false
+        None
     }
 
     /// Releases a read lock.
     ///
     /// # Safety
-    /// The caller holds a read lock it took from this lock (on any CPU).
+    /// The caller holds a read lock it took from this lock (on any CPU),
+    /// centrally if `central`, as the locking call returned.
     #[inline]
-    pub(crate) unsafe fn read_unlock(&self) {
+    pub(crate) unsafe fn read_unlock(&self, central: bool) {
+        if central {
+            self.unlock_central();
+        } else {
+            // SAFETY: as promised by the caller.
+            unsafe { self.unlock_counted() };
+        }
+    }
+
+    /// Releases a read lock counted on the per-CPU counts.
+    ///
+    /// # Safety
+    /// The caller holds such a lock.
+    #[inline]
+    unsafe fn unlock_counted(&self) {
         let env = &self.hot.env;
         env.count_unlock();
         env.light_fence();
@@ -329,6 +455,16 @@ impl<E: Env> RawRwLock<E> {
             }
         }
         self.wake_writer();
+    }
+
+    /// Releases a read lock held through the central count; the last one
+    /// out while a writer waits wakes it.
+    #[inline(never)]
+    fn unlock_central(&self) {
+        let s = self.hot.state.fetch_sub(ONE_READER, Release);
+        if s & WRITER != 0 && s >> READERS_SHIFT == 1 {
+            self.wake_writer();
+        }
     }
 
     /// Counts out a lock that saw WRITER, and tells the writer.
@@ -385,13 +521,14 @@ impl<E: Env> RawRwLock<E> {
     pub(crate) fn write_lock(&self) {
         self.lock_writers();
         self.let_parked_in();
-        let Some(heavy) = self.block_readers() else {
+        let Some(how) = self.block_readers() else {
             panic!(
                 "cpulocal::RwLock: the process-wide memory barrier its readers relied on \
                  is no longer available (membarrier refused); readers now fence"
             );
         };
-        self.wait_for_readers(heavy);
+        let locks = self.wait_for_readers(how);
+        self.choose_mode(how, locks);
     }
 
     /// Takes the write lock if nobody holds or waits for it. May fail while
@@ -400,10 +537,9 @@ impl<E: Env> RawRwLock<E> {
         if self.cold.wlock.compare_exchange(0, 1, Acquire, Relaxed).is_err() {
             return false;
         }
-        if self.block_readers().is_none() {
-            return false;
-        }
-        if self.drained() {
+        let Some(how) = self.block_readers() else { return false };
+        let central_out = self.hot.state.load(SeqCst) >> READERS_SHIFT == 0;
+        if central_out && (how == Blocked::Central || self.drained().0) {
             return true;
         }
         // SAFETY: we hold the writers' mutex and set WRITER.
@@ -411,37 +547,57 @@ impl<E: Env> RawRwLock<E> {
         false
     }
 
-    /// Releases the write lock.
+    /// Releases the write lock, switching readers to or from the central
+    /// count if the write decided so.
     ///
     /// # Safety
     /// The caller holds the write lock.
     #[inline]
     pub(crate) unsafe fn write_unlock(&self) {
-        if self.hot.state.fetch_and(!(WRITER | SLEEPERS), SeqCst) & SLEEPERS != 0 {
+        let (set, clear) = match self.cold.next_mode.swap(KEEP, Relaxed) {
+            TO_CENTRAL => (CENTRAL, 0),
+            FROM_CENTRAL => (0, CENTRAL),
+            _ => (0, 0),
+        };
+        let clear = WRITER | SLEEPERS | clear;
+        let old = match self.hot.state.fetch_update(SeqCst, Relaxed, |s| Some(s & !clear | set)) {
+            Ok(old) | Err(old) => old,
+        };
+        if old & SLEEPERS != 0 {
             self.hot.env.wake(&self.hot.state, u32::MAX);
         }
         self.unlock_writers();
     }
 
     /// Turns the write lock into a read lock, letting other readers in and
-    /// no writer.
+    /// no writer. Returns whether the read lock is central, as
+    /// [`read_lock`](Self::read_lock) does.
     ///
     /// # Safety
     /// The caller holds the write lock.
-    pub(crate) unsafe fn downgrade(&self) {
-        // Counted while WRITER is set: the next writer, who takes `wlock`
-        // after we release it, sees this count and waits for its unlock.
-        self.hot.env.count_lock();
+    pub(crate) unsafe fn downgrade(&self) -> bool {
+        // The mode stays: a switch would not know about this reader.
+        self.cold.next_mode.store(KEEP, Relaxed);
+        // Counted while WRITER is set (so no central reader races us on
+        // the count): the next writer, who takes `wlock` after we release
+        // it, sees this count and waits for its unlock.
+        let central = self.hot.state.load(Relaxed) & CENTRAL != 0;
+        if central {
+            self.hot.state.fetch_add(ONE_READER, SeqCst);
+        } else {
+            self.hot.env.count_lock();
+        }
         // SAFETY: the caller holds the write lock.
         unsafe { self.write_unlock() };
+        central
     }
 
     /// Whether a writer holds or waits for the lock, or a reader is inside
     /// (a snapshot, stale as soon as it is taken).
     pub(crate) fn is_locked(&self) -> bool {
-        self.hot.state.load(SeqCst) & WRITER != 0 || {
+        self.hot.state.load(SeqCst) & !(FENCED | NO_BARRIER | CENTRAL | SLEEPERS) != 0 || {
             self.hot.env.full_fence();
-            !self.drained()
+            !self.drained().0
         }
     }
 
@@ -451,21 +607,26 @@ impl<E: Env> RawRwLock<E> {
     }
 
     /// Sets WRITER and makes every reader's later check of `state` see it.
-    /// Returns whether a heavy barrier was issued, or `None` (with `wlock`
-    /// released and the lock fenced for good) if one was needed and there
-    /// is none.
-    fn block_readers(&self) -> Option<bool> {
+    /// Returns how readers were blocked, or `None` (with `wlock` released
+    /// and the lock fenced for good) if a heavy barrier was needed and
+    /// there is none.
+    fn block_readers(&self) -> Option<Blocked> {
         let env = &self.hot.env;
         let state = &self.hot.state;
         let cold = &self.cold;
         let s = state.load(Relaxed);
         if s & FENCED != 0 {
-            // Every reader fences after its count: a fence here pairs with it.
-            state.fetch_or(WRITER, SeqCst);
-            env.full_fence();
             // Readers restart the fenced window when they see this change.
             cold.writes.store(cold.writes.load(Relaxed).wrapping_add(1), Relaxed);
-            return Some(false);
+            state.fetch_or(WRITER, SeqCst);
+            if s & CENTRAL != 0 {
+                // Readers take the central count with a read-modify-write of
+                // `state`: they see WRITER, or we see their count.
+                return Some(Blocked::Central);
+            }
+            // Every reader fences after its count: a fence here pairs with it.
+            env.full_fence();
+            return Some(Blocked::Fenced);
         }
         // Readers skip their fence: interrupt them all. From now on they
         // fence too, until writes stop for INHIBIT times what this costs.
@@ -474,9 +635,10 @@ impl<E: Env> RawRwLock<E> {
         if !env.heavy_barrier() {
             // Readers that skipped their fence may be inside unseen, and
             // nothing can tell: give up this write, keep the lock fenced.
-            if state.swap(FENCED | NO_BARRIER, SeqCst) & SLEEPERS != 0 {
+            if state.fetch_and(!(WRITER | SLEEPERS), SeqCst) & SLEEPERS != 0 {
                 env.wake(state, u32::MAX);
             }
+            state.fetch_or(NO_BARRIER, SeqCst);
             self.unlock_writers();
             return None;
         }
@@ -484,28 +646,51 @@ impl<E: Env> RawRwLock<E> {
         let cost = end.saturating_sub(start);
         cold.heavy_cost.store(cost, Relaxed);
         cold.fenced_until.store(end.saturating_add((INHIBIT * cost).max(MIN_FENCED_NS)), Relaxed);
-        Some(true)
+        Some(Blocked::Heavy)
     }
 
-    /// Whether every read lock counted so far has been counted out: the sum
-    /// of the unlock counts, read first, equals the sum of the lock counts.
-    fn drained(&self) -> bool {
+    /// Whether every read lock counted on the per-CPU counts so far has
+    /// been counted out: the sum of the unlock counts, read first, equals
+    /// the sum of the lock counts. Also returns the lock counts' sum.
+    fn drained(&self) -> (bool, u64) {
         let env = &self.hot.env;
         let unlocks = env.unlocks();
         // Every unlock summed above happened after its lock, and the acquire
         // loads make that lock visible to the loads below.
-        env.locks() == unlocks
+        let locks = env.locks();
+        (locks == unlocks, locks)
     }
 
-    /// Waits until [`drained`](Self::drained): spins, yields, then sleeps
-    /// on `gate`, woken by the unlock of any reader that sees WRITER.
-    /// `heavy`: whether this writer's heavy barrier already made every
-    /// later unlock see WRITER.
-    fn wait_for_readers(&self, mut heavy: bool) {
+    /// Whether the readers the writer must wait for are out: central
+    /// readers always, and those counted per CPU unless readers were
+    /// central when the writer blocked them. Returns the lock counts' sum
+    /// if it walked them.
+    fn readers_out(&self, how: Blocked) -> Option<Option<u64>> {
+        if self.hot.state.load(SeqCst) >> READERS_SHIFT != 0 {
+            return None;
+        }
+        if how == Blocked::Central {
+            return Some(None);
+        }
+        match self.drained() {
+            (true, locks) => Some(Some(locks)),
+            (false, _) => None,
+        }
+    }
+
+    /// Waits until [`readers_out`](Self::readers_out): spins, yields, then
+    /// sleeps on `gate`, woken by the unlock of any reader that sees WRITER.
+    /// Returns the lock counts' sum if it walked them.
+    fn wait_for_readers(&self, how: Blocked) -> Option<u64> {
         let env = &self.hot.env;
         let gate = &self.cold.gate;
+        // Whether every later per-CPU unlock sees WRITER (and then `gate`).
+        let mut heavy = how != Blocked::Fenced;
         let mut round = 0;
-        while !self.drained() {
+        let locks = loop {
+            if let Some(locks) = self.readers_out(how) {
+                break locks;
+            }
             if round < E::SPINS + E::YIELDS {
                 pause(round, E::SPINS);
                 round += 1;
@@ -530,16 +715,50 @@ impl<E: Env> RawRwLock<E> {
             }
             // Pairs with the fence in `wake_writer`.
             env.full_fence();
-            if self.drained() {
-                break;
+            if let Some(locks) = self.readers_out(how) {
+                break locks;
             }
             if briefly {
                 env.wait_briefly(gate, 1);
             } else {
                 env.wait(gate, 1);
             }
-        }
+        };
         gate.store(0, Relaxed);
+        locks
+    }
+
+    /// With the lock held: decides from the reads since the last write
+    /// whether readers should switch to the central count (reads few: the
+    /// writers' walks cost more than the readers' shared line) or back to
+    /// the per-CPU counts, at unlock. `locks`: the lock counts' sum, if the
+    /// write walked them.
+    fn choose_mode(&self, how: Blocked, locks: Option<u64>) {
+        let cold = &self.cold;
+        let env = &self.hot.env;
+        let (locks, writes) = match (how, locks) {
+            (Blocked::Central, _) => {
+                // Walk the counts (readers count on them before taking the
+                // central count) only every CENTRAL_CHECK writes.
+                let n = cold.central_writes.load(Relaxed) + 1;
+                if n < E::CENTRAL_CHECK {
+                    cold.central_writes.store(n, Relaxed);
+                    return;
+                }
+                cold.central_writes.store(0, Relaxed);
+                (env.locks(), u64::from(n))
+            }
+            (_, Some(locks)) => (locks, 1),
+            (_, None) => return,
+        };
+        let reads = locks.wrapping_sub(cold.last_locks.load(Relaxed)) / writes;
+        cold.last_locks.store(locks, Relaxed);
+        let next = match how {
+            Blocked::Central if reads > E::LEAVE_CENTRAL_ABOVE => FROM_CENTRAL,
+            Blocked::Fenced if reads < E::ENTER_CENTRAL_BELOW => TO_CENTRAL,
+            _ => KEEP,
+        };
+        cold.next_mode.store(next, Relaxed);
     }
 
     /// Gives readers that met the previous writer a bounded moment to get
