@@ -157,8 +157,7 @@ impl Env for Model {
     }
 
     fn light_fence(&self) {
-        if !self.config.fences {
-        } else if self.config.membarrier {
+        if self.config.fences && self.config.membarrier {
             let me = ME.with(|me| match me.get() {
                 Some(n) => n,
                 None => {
@@ -168,8 +167,6 @@ impl Env for Model {
                 }
             });
             drop(self.fences[me].lock().unwrap());
-        } else {
-            fence(Ordering::SeqCst);
         }
     }
 

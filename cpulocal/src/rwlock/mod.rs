@@ -47,19 +47,25 @@ const UNLOCKS: usize = 8;
 /// tests exercise the fallback, where readers always fence).
 #[inline]
 fn use_membarrier() -> bool {
-    const UNKNOWN: u8 = 0;
-    const YES: u8 = 1;
-    static USE: AtomicU8 = AtomicU8::new(UNKNOWN);
-    match USE.load(Ordering::Relaxed) {
-        UNKNOWN => {
-            let var = std::env::var("CPULOCAL_MEMBARRIER").unwrap_or_default();
-            let off = matches!(var.trim(), "0" | "off" | "no" | "false");
-            let yes = !off && sys::membarrier::available();
-            USE.store(if yes { YES } else { YES + 1 }, Ordering::Relaxed);
-            yes
-        }
-        v => v == YES,
+    match USE_MEMBARRIER.load(Ordering::Relaxed) {
+        YES => true,
+        NO => false,
+        _ => decide_membarrier(),
     }
+}
+
+const YES: u8 = 1;
+const NO: u8 = 2;
+/// [`use_membarrier`]'s answer once decided (0 before).
+static USE_MEMBARRIER: AtomicU8 = AtomicU8::new(0);
+
+#[cold]
+fn decide_membarrier() -> bool {
+    let var = std::env::var("CPULOCAL_MEMBARRIER").unwrap_or_default();
+    let off = matches!(var.trim(), "0" | "off" | "no" | "false");
+    let yes = !off && sys::membarrier::available();
+    USE_MEMBARRIER.store(if yes { YES } else { NO }, Ordering::Relaxed);
+    yes
 }
 
 /// The per-CPU counts and the platform's fences, clock and futex.
@@ -159,11 +165,7 @@ impl Env for Cpus {
 
     #[inline(always)]
     fn light_fence(&self) {
-        if use_membarrier() {
-            compiler_fence(Ordering::SeqCst);
-        } else {
-            sys::membarrier::full_fence();
-        }
+        compiler_fence(Ordering::SeqCst);
     }
 
     #[inline(always)]

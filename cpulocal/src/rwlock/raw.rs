@@ -108,8 +108,7 @@ pub(crate) trait Env {
     fn unlocks(&self) -> u64;
     /// The readers' fence while the lock is not FENCED, and when they
     /// unlock: costs a reader (almost) nothing, and acts as a full fence for
-    /// every reader once a writer has run [`Env::heavy_barrier`]. A full
-    /// fence where the process has no heavy barrier.
+    /// every reader once a writer has run [`Env::heavy_barrier`].
     fn light_fence(&self);
     /// A full fence issued by the caller alone.
     fn full_fence(&self);
@@ -205,11 +204,14 @@ impl<E: Env> RawRwLock<E> {
         }
     }
 
-    /// loom's atomics have no `const fn new`.
+    /// loom's atomics have no `const fn new`. A lock without a heavy
+    /// barrier starts NO_BARRIER here: the model leaves out the one poll
+    /// (`wait_briefly`) the library may make before it gets there.
     #[cfg(loom)]
     pub(crate) fn new(env: E) -> Self {
+        let no_barrier = if env.has_heavy_barrier() { 0 } else { NO_BARRIER };
         RawRwLock {
-            hot: Hot { state: AtomicU32::new(FENCED), env },
+            hot: Hot { state: AtomicU32::new(FENCED | no_barrier), env },
             cold: Cold {
                 wlock: AtomicU32::new(0),
                 parked: AtomicU32::new(0),
@@ -618,7 +620,9 @@ impl<E: Env> RawRwLock<E> {
         if s & FENCED != 0 {
             // Readers restart the fenced window when they see this change.
             cold.writes.store(cold.writes.load(Relaxed).wrapping_add(1), Relaxed);
-            state.fetch_or(WRITER, SeqCst);
+            let no_barrier =
+                if s & NO_BARRIER == 0 && !env.has_heavy_barrier() { NO_BARRIER } else { 0 };
+            state.fetch_or(WRITER | no_barrier, SeqCst);
             if s & CENTRAL != 0 {
                 // Readers take the central count with a read-modify-write of
                 // `state`: they see WRITER, or we see their count.
@@ -699,16 +703,15 @@ impl<E: Env> RawRwLock<E> {
             gate.store(1, Relaxed);
             // Readers who unlock with a light fence may neither be summed
             // nor see WRITER: a heavy barrier makes them do one or the
-            // other. (Where the process has none, light fences are full
-            // ones; NO_BARRIER locks' readers fence on unlock.)
+            // other. (NO_BARRIER locks' readers fence on unlock.)
             let mut briefly = false;
-            if !heavy && env.has_heavy_barrier() && self.hot.state.load(Relaxed) & NO_BARRIER == 0 {
+            if !heavy && self.hot.state.load(Relaxed) & NO_BARRIER == 0 {
                 if env.heavy_barrier() {
                     heavy = true;
                 } else {
-                    // Refused since readers began to rely on it: from now
-                    // on they fence on unlock; those before us may be seen
-                    // late, so sleep only briefly this time.
+                    // None here (or refused since readers began to rely on
+                    // it): from now on readers fence on unlock; those before
+                    // may be seen late, so sleep only briefly this time.
                     self.hot.state.fetch_or(NO_BARRIER, SeqCst);
                     briefly = true;
                 }
