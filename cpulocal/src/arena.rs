@@ -74,8 +74,9 @@ impl Arena {
     }
 
     /// Returns `[offset, offset + size)` (exactly as allocated) to the free list,
-    /// merging with free neighbours.
-    pub(crate) fn free(&mut self, offset: usize, size: usize) {
+    /// merging with free neighbours. Returns the free block `[start, end)` it
+    /// is now part of.
+    pub(crate) fn free(&mut self, offset: usize, size: usize) -> (usize, usize) {
         let mut start = offset;
         let mut end = offset + size;
         debug_assert!(size > 0 && end <= self.high && size <= self.used);
@@ -92,6 +93,7 @@ impl Arena {
         }
         self.free.insert(start, end);
         self.used -= size;
+        (start, end)
     }
 
     /// High-water mark: no byte at or above it was ever handed out (so memory there is
