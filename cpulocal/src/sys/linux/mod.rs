@@ -104,7 +104,8 @@ impl Reservation {
         if base == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let base = NonNull::new(base.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        let base =
+            NonNull::new(base.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
         // No transparent huge pages: with THP set to `always`, touching one
         // 8-byte counter would fault in 2 MiB in every CPU's region. A
         // kernel without THP refuses the advice; that costs nothing.
