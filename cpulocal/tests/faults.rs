@@ -163,8 +163,60 @@ fn cpu_ids_beyond_the_count() {
     let cpus = two_cpus();
     assert_eq!(cpu::current(), 0, "current() must stay below count()");
     mixed_workload(&cpus, common::scaled(20_000));
+    stack_across_the_count(cpus[0], *cpus.last().unwrap());
     // The same under the library's own registration is covered by
     // `cpu_ids_beyond_the_count_own_area`.
+}
+
+/// Threads on a CPU id beyond the count push and pop while threads on CPU
+/// `low` find their own list empty and pop from the spill list, which the
+/// others' out-of-range ids also reach: every node must come out exactly
+/// once (a plain restartable pop racing a locked atomic one pops a node
+/// twice).
+fn stack_across_the_count(low: usize, high: usize) {
+    assert!(high >= cpu::count(), "CPU {high} is not beyond count() = {}", cpu::count());
+    let stack: PercpuStack<u64> = PercpuStack::new();
+    let popped = Mutex::new(Vec::new());
+    let done = AtomicUsize::new(0);
+    let per = common::scaled(50_000) as u64;
+    thread::scope(|s| {
+        for t in 0..2u64 {
+            let (stack, popped, done) = (&stack, &popped, &done);
+            s.spawn(move || {
+                hop(&[high], 0);
+                let mut mine = Vec::new();
+                for i in 0..per {
+                    stack.push(Box::new(Node::new(t * per + i)));
+                    if i % 2 == 0 {
+                        if let Some(node) = stack.pop() {
+                            mine.push(node.into_inner());
+                        }
+                    }
+                }
+                done.fetch_add(1, Ordering::Release);
+                popped.lock().unwrap().extend(mine);
+            });
+        }
+        for _ in 0..2 {
+            let (stack, popped, done) = (&stack, &popped, &done);
+            s.spawn(move || {
+                hop(&[low], 0);
+                let mut mine = Vec::new();
+                while done.load(Ordering::Acquire) < 2 {
+                    if let Some(node) = stack.pop() {
+                        mine.push(node.into_inner());
+                    }
+                }
+                popped.lock().unwrap().extend(mine);
+            });
+        }
+    });
+    let mut popped = popped.into_inner().unwrap();
+    let mut stack = stack;
+    popped.extend(stack.drain().map(|node| node.into_inner()));
+    let unique: HashSet<u64> = popped.iter().copied().collect();
+    assert_eq!(unique.len(), popped.len(), "a node was popped twice");
+    assert_eq!(popped.len() as u64, 2 * per, "nodes were lost");
 }
 
 #[test]
