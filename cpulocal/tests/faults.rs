@@ -222,7 +222,7 @@ fn stack_across_the_count(low: usize, high: usize) {
 #[test]
 fn cpu_ids_beyond_the_count_own_area() {
     if !common::is_child() {
-        return common::in_child(
+        common::in_child(
             "cpu_ids_beyond_the_count",
             &[("CPULOCAL_POSSIBLE_CPUS", "1"), ("CPULOCAL_BACKEND", "rseq"), common::OWN_RSEQ],
         );
@@ -314,6 +314,65 @@ fn rseq_area_unregistered_behind_our_back() {
     }
 }
 
+/// Makes the `rseq` system call fail with ENOSYS for the calling thread and
+/// the threads it starts from now on (a seccomp filter, as a sandbox might
+/// install).
+fn refuse_rseq() {
+    #[repr(C)]
+    struct Insn {
+        code: u16,
+        jt: u8,
+        jf: u8,
+        k: u32,
+    }
+    #[repr(C)]
+    struct Prog {
+        len: u16,
+        filter: *const Insn,
+    }
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const PR_SET_NO_NEW_PRIVS: libc::c_int = 38;
+    const PR_SET_SECCOMP: libc::c_int = 22;
+    let filter = [
+        Insn { code: LD_W_ABS, jt: 0, jf: 0, k: 0 }, // seccomp_data.nr
+        Insn { code: JEQ_K, jt: 0, jf: 1, k: libc::SYS_rseq as u32 },
+        Insn { code: RET_K, jt: 0, jf: 0, k: libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32 },
+        Insn { code: RET_K, jt: 0, jf: 0, k: libc::SECCOMP_RET_ALLOW },
+    ];
+    let prog = Prog { len: filter.len() as u16, filter: filter.as_ptr() };
+    // SAFETY: prctl with a valid, live filter program; it only restricts
+    // this thread (and its future children threads).
+    unsafe {
+        assert_eq!(libc::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        assert_eq!(
+            libc::prctl(PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const Prog),
+            0,
+            "installing the seccomp filter: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// rseq refused by the kernel from the start (a seccomp filter), with
+/// glibc's registration off (with it on, glibc itself aborts threads whose
+/// registration fails): the library must pick `sched_getcpu`, exactly.
+#[test]
+fn rseq_refused_by_the_kernel() {
+    if !common::is_child() {
+        if cfg!(target_env = "gnu") {
+            common::in_child("rseq_refused_by_the_kernel", &[common::OWN_RSEQ]);
+        }
+        return;
+    }
+    die_after(120);
+    refuse_rseq();
+    let cpus = two_cpus();
+    assert_eq!(cpu::backend(), Backend::Getcpu, "rseq refused, so sched_getcpu");
+    mixed_workload(&cpus, common::scaled(10_000));
+}
+
 static SIGNAL_COUNTER: OnceLock<Counter> = OnceLock::new();
 static HANDLED: AtomicU64 = AtomicU64::new(0);
 
@@ -337,6 +396,11 @@ fn first_use_in_a_signal_handler_with_own_rseq() {
                 &[("CPULOCAL_BACKEND", "rseq"), common::OWN_RSEQ],
             );
         }
+        // And with glibc's area, found without allocating either.
+        common::in_child(
+            "first_use_in_a_signal_handler_with_own_rseq",
+            &[("CPULOCAL_BACKEND", "rseq")],
+        );
         return;
     }
     die_after(120);
@@ -472,7 +536,7 @@ fn rlimit_as_too_small_for_the_full_reservation() {
     set_limit(vm_now + slots * (1 << 29) + (64 << 20));
     let c = Counter::try_new().expect("retry with smaller regions, not the cached error");
     let reserved = cpulocal::percpu::stats().reserved;
-    assert!(reserved < 1 << 30 && reserved >= 1 << 20, "reserved {reserved} per CPU");
+    assert!((1 << 20..1 << 30).contains(&reserved), "reserved {reserved} per CPU");
     let cpus = common::allowed();
     thread::scope(|s| {
         for t in 0..2 {
