@@ -328,6 +328,28 @@ fn waiting_for_its_own_cpu_inside_a_call_is_an_error() {
     assert_eq!(elsewhere.unwrap_or(Ok(())), Ok(()));
 }
 
+/// `wait_timeout` makes the same check as `wait`, at once, rather than
+/// sleeping out its timeout (or for ever) on a call that cannot run.
+#[test]
+fn waiting_with_a_timeout_for_its_own_cpu_inside_a_call_is_an_error() {
+    let cpus = allowed();
+    let (tx, rx) = mpsc::channel();
+    let (here, other) = (cpus[0], *cpus.last().unwrap());
+    let ticket = xcall::unicast(here, move || {
+        let own = xcall::unicast(here, || ()).unwrap().wait_timeout(Duration::MAX);
+        let all = xcall::broadcast(|_| ()).unwrap().wait_timeout(Duration::MAX);
+        let elsewhere = (other != here)
+            .then(|| xcall::unicast(other, || ()).unwrap().wait_timeout(Duration::MAX));
+        tx.send((own, all, elsewhere)).unwrap();
+    })
+    .unwrap();
+    finish(ticket).unwrap();
+    let (own, all, elsewhere) = rx.try_recv().unwrap();
+    assert_eq!(own, Err(XcallError::WouldDeadlock { cpu: here }));
+    assert_eq!(all, Err(XcallError::WouldDeadlock { cpu: here }));
+    assert_eq!(elsewhere.unwrap_or(Ok(true)), Ok(true));
+}
+
 #[test]
 fn public_types_are_thread_safe_errors_and_debug() {
     fn send_sync<T: Send + Sync + std::fmt::Debug>() {}
