@@ -24,7 +24,9 @@
 
 use std::cell::{Cell, UnsafeCell};
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+#[cfg(target_arch = "x86_64")]
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 /// The kernel's `struct rseq` (the original 32-byte layout).
@@ -91,6 +93,7 @@ pub(crate) fn set_limit(count: usize) {
 }
 
 #[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn limit() -> u32 {
     LIMIT.load(Ordering::Relaxed)
 }
