@@ -229,11 +229,12 @@ fn freed_memory_goes_back_to_the_system() {
     if !common::is_child() {
         return common::in_child("freed_memory_goes_back_to_the_system", &[]);
     }
-    let page = 4096;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
     let small = Percpu::alloc(8).unwrap(); // the regions exist
     let size = 64 << 20;
     let start = resident_pages();
-    let big = Percpu::alloc_aligned(size, page).unwrap();
+    let big = Percpu::alloc_aligned(size, page.min(4096)).unwrap();
     big.foreach(|_, ptr| {
         for off in (0..size).step_by(page) {
             // SAFETY: `size` bytes per CPU, just allocated; this thread
@@ -253,7 +254,7 @@ fn freed_memory_goes_back_to_the_system() {
     eprintln!("resident pages: start {start}, touched {touched}, freed {freed}");
     assert!(freed <= start + 16, "freeing left {} pages resident", freed.saturating_sub(start));
     // The arena reuses the space, and what it hands out reads zero.
-    let again = Percpu::alloc_aligned(size, page).unwrap();
+    let again = Percpu::alloc_aligned(size, page.min(4096)).unwrap();
     assert_eq!(percpu::stats().committed, committed, "freed space not reused");
     again.foreach(|_, ptr| {
         // SAFETY: as above.
