@@ -74,9 +74,8 @@ impl Arena {
     }
 
     /// Returns `[offset, offset + size)` (exactly as allocated) to the free list,
-    /// merging with free neighbours. Returns the free block `[start, end)` it
-    /// is now part of.
-    pub(crate) fn free(&mut self, offset: usize, size: usize) -> (usize, usize) {
+    /// merging with free neighbours.
+    pub(crate) fn free(&mut self, offset: usize, size: usize) {
         let mut start = offset;
         let mut end = offset + size;
         debug_assert!(size > 0 && end <= self.high && size <= self.used);
@@ -93,7 +92,12 @@ impl Arena {
         }
         self.free.insert(start, end);
         self.used -= size;
-        (start, end)
+    }
+
+    /// The free blocks `[start, end)` below the high-water mark, in address
+    /// order (maximal runs: no two are adjacent).
+    pub(crate) fn free_blocks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.free.iter().map(|(&start, &end)| (start, end))
     }
 
     /// High-water mark: no byte at or above it was ever handed out (so memory there is

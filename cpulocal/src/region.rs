@@ -21,11 +21,12 @@
 //! `sys::MIN_UNIT_SHIFT` (`RLIMIT_AS`, small address spaces). A refused
 //! reservation is not remembered: the next allocation tries again.
 //!
-//! Freeing gives memory back: once a run of free space in the arena is at
-//! least [`RELEASE_MIN`] bytes long, its whole pages are released
-//! (`MADV_DONTNEED`) in every slot, and they cost memory again only when
-//! reused. Smaller runs stay resident, so that freeing and reallocating a
-//! small object costs no system call.
+//! Freeing gives memory back: each time another [`RELEASE_MIN`] bytes have
+//! been freed, the whole pages of every free run at least that long are
+//! released (`MADV_DONTNEED`) in every slot; they read zero and cost memory
+//! again only when reused. So at most `RELEASE_MIN` freed bytes (and runs
+//! shorter than it) stay resident, and freeing small objects costs a system
+//! call only once per `RELEASE_MIN` bytes freed.
 
 use std::ptr::NonNull;
 use std::sync::{Mutex, OnceLock, PoisonError};
@@ -46,7 +47,7 @@ pub(crate) fn unit() -> usize {
 const COMMIT_STEP: usize = 64 << 10;
 
 /// Free runs at least this long have their whole pages given back to the
-/// system; shorter ones stay resident (see the module docs).
+/// system, each time this many more bytes have been freed (module docs).
 pub(crate) const RELEASE_MIN: usize = 64 << 10;
 
 /// The largest alignment an allocation may ask for (slots are page-aligned).
@@ -64,6 +65,8 @@ struct State {
     arena: Arena,
     /// Bytes at the start of every slot that are readable and writable.
     committed: usize,
+    /// Bytes freed since free runs were last released.
+    unreleased: usize,
 }
 
 fn regions() -> Result<&'static Regions, AllocError> {
@@ -98,7 +101,11 @@ fn reserve() -> Result<Regions, AllocError> {
                     slots,
                     unit,
                     page: sys::page_size(),
-                    state: Mutex::new(State { arena: Arena::new(unit), committed: 0 }),
+                    state: Mutex::new(State {
+                        arena: Arena::new(unit),
+                        committed: 0,
+                        unreleased: 0,
+                    }),
                 })
             }
             Err(e) => last = format!("cannot reserve {len} bytes of address space: {e}"),
@@ -165,8 +172,8 @@ fn grow(regions: &Regions, state: &mut State, end: usize) -> Result<(), AllocErr
     Ok(())
 }
 
-/// Returns an allocation made by [`alloc`], giving whole pages of the free
-/// run it joins back to the system if that run is long enough.
+/// Returns an allocation made by [`alloc`]; see [`give_back`] for when
+/// pages go back to the system.
 ///
 /// # Safety
 /// `ptr0` and `size` come from one [`alloc`] call, and no copy is used again.
@@ -177,28 +184,27 @@ pub(crate) unsafe fn free(ptr0: NonNull<u8>, size: usize) {
     give_back(regions, &mut state, offset, size);
 }
 
-/// Returns `[offset, offset + size)` to the arena and releases the pages the
-/// free run it joins may give back.
+/// Returns `[offset, offset + size)` to the arena; once another
+/// [`RELEASE_MIN`] bytes have been freed, releases the whole pages of every
+/// free run at least that long.
 fn give_back(regions: &Regions, state: &mut State, offset: usize, size: usize) {
-    let (start, end) = state.arena.free(offset, size);
-    if end - start < RELEASE_MIN {
+    state.arena.free(offset, size);
+    state.unreleased += size;
+    if state.unreleased < RELEASE_MIN {
         return;
     }
-    // Invariant: every free run of at least RELEASE_MIN bytes has had all
-    // its whole pages released. The runs this one merged with that were
-    // that long are released already; release the freed bytes' pages and
-    // those of any shorter run merged in.
-    let lo = if offset - start < RELEASE_MIN { start } else { offset };
-    let hi = if end - (offset + size) < RELEASE_MIN { end } else { offset + size };
+    state.unreleased = 0;
     let page = regions.page;
-    let from = (lo & !(page - 1)).max(start.next_multiple_of(page));
-    let to = hi.next_multiple_of(page).min(end & !(page - 1));
-    if from < to {
+    for (start, end) in state.arena.free_blocks().filter(|(s, e)| e - s >= RELEASE_MIN) {
+        let (from, to) = (start.next_multiple_of(page), end & !(page - 1));
+        if from >= to {
+            continue;
+        }
         for slot in 0..regions.slots {
-            // SAFETY: `[from, to)` lies inside the free run `[start, end)`,
-            // below the high-water mark (so committed), in every slot; no
-            // live object has a byte there, and the state lock keeps the
-            // arena from handing it out meanwhile.
+            // SAFETY: `[from, to)` lies inside a free run, below the
+            // high-water mark (so committed), in every slot; no live object
+            // has a byte there, and the state lock (held by our caller)
+            // keeps the arena from handing it out meanwhile.
             unsafe { regions.res.release(slot * regions.unit + from, to - from) };
         }
     }
