@@ -84,7 +84,7 @@ pub fn scaled(n: usize) -> usize {
 }
 
 /// Disables glibc's rseq registration, so this library registers its own
-/// area per thread (and unregisters it in a thread-exit destructor).
+/// area per thread (a static thread-local, never unregistered).
 pub const OWN_RSEQ: (&str, &str) = ("GLIBC_TUNABLES", "glibc.pthread.rseq=0");
 
 /// Runs test `name` in a child under every backend, then under rseq with

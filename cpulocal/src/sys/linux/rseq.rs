@@ -192,7 +192,8 @@ fn thread_pointer() -> Option<*mut u8> {
 
 fn rseq_syscall(area: *mut Area, flags: libc::c_int) -> libc::c_long {
     // SAFETY: `area` points to a live, 32-byte aligned `Area` that stays
-    // allocated until this thread unregisters it (see `Registration`).
+    // allocated for as long as the kernel may write to it (the thread's
+    // static TLS, or glibc's area; see the module docs).
     unsafe { libc::syscall(libc::SYS_rseq, area, size_of::<Area>() as u32, flags, SIG) }
 }
 
