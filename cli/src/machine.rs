@@ -99,7 +99,13 @@ mod tests {
     #[cfg(target_os = "linux")]
     fn resident_grows_when_touched() {
         let before = resident_bytes().unwrap();
-        let v = vec![1u8; 32 << 20];
+        // Written page by page through `black_box`, so that an optimized
+        // build can neither drop the vector nor leave it untouched.
+        let mut v = std::hint::black_box(vec![0u8; 32 << 20]);
+        for page in v.chunks_mut(4096) {
+            page[0] = 1;
+        }
+        let v = std::hint::black_box(v);
         let after = resident_bytes().unwrap();
         assert!(after >= before + (16 << 20), "{before} -> {after}");
         drop(v);

@@ -94,6 +94,12 @@ impl Arena {
         self.used -= size;
     }
 
+    /// The free blocks `[start, end)` below the high-water mark, in address
+    /// order (maximal runs: no two are adjacent).
+    pub(crate) fn free_blocks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.free.iter().map(|(&start, &end)| (start, end))
+    }
+
     /// High-water mark: no byte at or above it was ever handed out (so memory there is
     /// still zero). Never decreases.
     pub(crate) fn high_water(&self) -> usize {

@@ -79,15 +79,18 @@ fn detect() -> Info {
             Backend::Rseq
         }
     };
-    // rseq ids are trusted unchecked by the restartable sequences, so that
-    // backend needs the exact possible-CPU count.
-    let rseq_ok = || possible.is_some() && sys::rseq::probe();
+    // The restartable sequences check every id against the count (an id out
+    // of range updates the spill slot atomically), but the backend is only
+    // worth it where the count covers every CPU. Their code must stay mapped
+    // while any thread may still point the kernel at it (`pin_code`).
+    let rseq_ok = || possible.is_some() && sys::rseq::probe() && sys::rseq::pin_code();
     let getcpu_ok = || sys::getcpu().is_some_and(|cpu| cpu < count);
     let backend = match start {
         Backend::Rseq if rseq_ok() => Backend::Rseq,
         Backend::Rseq | Backend::Getcpu if getcpu_ok() => Backend::Getcpu,
         _ => Backend::Fallback,
     };
+    sys::rseq::set_limit(count);
     COUNT.store(count, Ordering::Relaxed);
     Info { count, backend }
 }
@@ -223,7 +226,9 @@ pub fn set_affinity(cpus: &[usize]) -> io::Result<()> {
 #[derive(Clone, Copy)]
 pub(crate) enum Place {
     /// Run a restartable sequence: it picks the CPU's slot itself. Slots
-    /// below [`count`] are then only ever updated this way.
+    /// below [`count`] are then only ever updated this way; a CPU id the
+    /// kernel reports at or beyond [`count`] makes the sequence update the
+    /// [`spill_slot`] atomically instead.
     Rseq(NonNull<sys::rseq::Area>),
     /// Update this slot with an atomic read-modify-write.
     Slot(usize),

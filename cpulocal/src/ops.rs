@@ -23,8 +23,9 @@
 //!
 //! Besides one word per CPU id, every object here has a *spill* word, at
 //! index [`cpu::count()`](crate::cpu::count). Under the rseq backend a thread
-//! that cannot run restartable sequences (in practice, one running its
-//! thread-local destructors after this library unregistered its rseq area)
+//! that cannot run restartable sequences (one whose rseq registration
+//! failed), or that runs on a CPU id at or beyond the count (a too-low
+//! possible-CPU count, an rseq area unregistered behind the library's back),
 //! updates the spill word, atomically, instead of a CPU's word: a plain store
 //! from a sequence racing an atomic update of the same word would lose one of
 //! them. Iteration and sums include the spill word.

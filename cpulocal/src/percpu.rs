@@ -51,7 +51,7 @@ impl fmt::Display for AllocError {
             AllocError::TooLarge { size } => write!(
                 f,
                 "no room for {size} more bytes per CPU (each CPU's region holds {} bytes)",
-                region::UNIT
+                region::unit()
             ),
             AllocError::System(msg) => f.write_str(msg),
         }
@@ -84,7 +84,7 @@ pub struct Stats {
 /// ```
 pub fn stats() -> Stats {
     let (committed, in_use) = region::usage();
-    Stats { committed, in_use, reserved: region::UNIT }
+    Stats { committed, in_use, reserved: region::unit() }
 }
 
 /// `size` bytes, zero-filled, that exist once for every CPU id.
@@ -149,7 +149,7 @@ impl Percpu {
         if !align.is_power_of_two() || align > region::MAX_ALIGN {
             return Err(AllocError::BadAlign { align });
         }
-        if size > region::UNIT {
+        if size > region::unit() {
             return Err(AllocError::TooLarge { size });
         }
         let ptr0 = region::alloc(size, align)?;

@@ -251,7 +251,7 @@ where
 /// use std::time::Duration;
 ///
 /// let ticket = cpulocal::xcall::broadcast(|_| ()).unwrap();
-/// assert!(ticket.wait_timeout(Duration::from_secs(60)));
+/// assert!(ticket.wait_timeout(Duration::from_secs(60)).unwrap());
 /// assert!(ticket.is_done());
 /// ticket.wait().unwrap();
 /// ```
@@ -297,24 +297,35 @@ impl Ticket {
     /// `timeout` has passed; returns whether it has run. Then
     /// [`wait`](Ticket::wait) gives the outcome without blocking.
     ///
+    /// # Errors
+    ///
+    /// [`XcallError::WouldDeadlock`], without waiting: called from inside a
+    /// cross-call function, for a call to that function's own CPU (which
+    /// cannot run before the waiting function returns).
+    ///
     /// ```
     /// use std::time::Duration;
     ///
     /// let cpu = cpulocal::cpu::allowed().unwrap()[0];
     /// let ticket = cpulocal::xcall::unicast(cpu, || ()).unwrap();
-    /// while !ticket.wait_timeout(Duration::from_millis(1)) {}
+    /// while !ticket.wait_timeout(Duration::from_millis(1)).unwrap() {}
     /// ticket.wait().unwrap();
     /// ```
-    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool, XcallError> {
         let deadline = Instant::now().checked_add(timeout);
         let mut state = lock(&self.done.state);
+        if let Some(cpu) = SERVICE_CPU.with(Cell::get) {
+            if state.pending.contains(&cpu) {
+                return Err(XcallError::WouldDeadlock { cpu });
+            }
+        }
         while !state.pending.is_empty() {
             let left = match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()),
                 None => Duration::MAX,
             };
             if left.is_zero() {
-                return false;
+                return Ok(false);
             }
             state = self
                 .done
@@ -323,7 +334,7 @@ impl Ticket {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        true
+        Ok(true)
     }
 
     /// Whether the function has run on every CPU of the call (without
@@ -435,8 +446,11 @@ thread_local! {
     static SERVICE_CPU: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
-/// A CPU id's service thread, once started: the sending end of its queue.
-type Service = Mutex<Option<Sender<Job>>>;
+/// A CPU id's service thread, once started: the sending end of its queue,
+/// and the fork generation (`sys::fork_generation`) of the process that
+/// started it. A forked child has none of its parent's threads, so a
+/// service from an older generation is started again.
+type Service = Mutex<Option<(u64, Sender<Job>)>>;
 
 /// Every CPU id's [`Service`].
 fn services() -> &'static [Service] {
@@ -448,12 +462,21 @@ fn services() -> &'static [Service] {
 fn service(cpu: usize) -> Result<Sender<Job>, XcallError> {
     let count = cpu::count();
     let slot = services().get(cpu).ok_or(XcallError::NoSuchCpu { cpu, count })?;
+    let generation = sys::fork_generation();
     let mut slot = lock(slot);
-    if let Some(tx) = &*slot {
-        return Ok(tx.clone());
+    match slot.take() {
+        Some((g, tx)) if g == generation => {
+            *slot = Some((g, tx.clone()));
+            return Ok(tx);
+        }
+        // The parent's thread, which would receive from this queue, does
+        // not exist here: forget the queue without touching it (its state
+        // is whatever the parent's threads left at the fork).
+        Some((_, stale)) => std::mem::forget(stale),
+        None => {}
     }
     let tx = start(cpu)?;
-    *slot = Some(tx.clone());
+    *slot = Some((generation, tx.clone()));
     Ok(tx)
 }
 
@@ -551,7 +574,7 @@ mod tests {
     fn a_job_dropped_unrun_completes_its_ticket() {
         let ticket = Ticket { done: Arc::new(Completion::new(vec![0])) };
         drop(Job { cpu: 0, f: Some(Box::new(|| unreachable!())), done: Arc::clone(&ticket.done) });
-        assert!(ticket.wait_timeout(Duration::from_secs(5)), "ticket never completed");
+        assert!(ticket.wait_timeout(Duration::from_secs(5)).unwrap(), "ticket never completed");
         assert!(matches!(ticket.wait(), Err(XcallError::System(_))));
     }
 }

@@ -80,7 +80,8 @@ fn current_is_exact_under_rseq_and_getcpu() {
 }
 
 /// With glibc's rseq registration turned off, the library registers an area
-/// per thread itself (and unregisters it at thread exit), many threads over.
+/// per thread itself (which the kernel forgets at thread exit), many
+/// threads over.
 #[test]
 fn own_registration_workload() {
     if !common::is_child() {
@@ -97,7 +98,7 @@ fn own_registration_workload() {
     };
     assert_eq!(glibc_size, 0, "glibc still registered rseq");
     assert_eq!(cpu::backend(), Backend::Rseq, "own registration failed");
-    // Thread churn: each thread registers, counts, and unregisters on exit.
+    // Thread churn: each thread registers, counts and exits.
     let counter = Counter::new();
     for _ in 0..common::scaled(50) {
         std::thread::scope(|s| {

@@ -326,8 +326,7 @@ impl Drop for PushAtExit {
     fn drop(&mut self) {
         let node = Box::new(Node::new(Item { id: self.1, held: AtomicBool::new(false) }));
         self.0.push(node);
-        // Pops work here too (from the spill list when the thread has no
-        // rseq area any more).
+        // Pops work here too.
         if let Some(node) = self.0.pop() {
             self.0.push(node);
         }
@@ -354,24 +353,14 @@ fn stack_in_thread_exit_destructors() {
     let threads = common::scaled(100);
     for id in 0..threads {
         thread::spawn(move || {
-            // Registered before the library's rseq registration, so
-            // destroyed after it.
+            // Destroyed at thread exit, when the thread's rseq area (glibc's,
+            // or the library's own, which has no destructor) is still
+            // registered.
             AT_EXIT.with(|a| a.set(Some(PushAtExit(stack, id))));
             PercpuU64::new().add(1);
         })
         .join()
         .unwrap();
-    }
-    if common::own_rseq() {
-        // The destructors ran without an rseq area: their nodes went to the
-        // spill list, where this thread's pops find them.
-        let mut ids: Vec<usize> =
-            std::iter::from_fn(|| stack.pop()).map(|n| n.into_inner().id).collect();
-        ids.sort_unstable();
-        assert_eq!(ids, (0..threads).collect::<Vec<_>>());
-        for id in ids {
-            stack.push(Box::new(Node::new(Item { id, held: AtomicBool::new(false) })));
-        }
     }
     // SAFETY: from `Box::into_raw` above; every thread that used `stack`
     // has been joined, and `stack` is not used again.

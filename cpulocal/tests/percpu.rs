@@ -212,3 +212,53 @@ fn getref_points_at_the_current_cpu_copy() {
     }
     cpu::set_affinity(&cpus).unwrap();
 }
+
+/// Resident memory of this process, in pages (`/proc/self/statm`).
+#[cfg(target_os = "linux")]
+fn resident_pages() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    statm.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Freed per-CPU memory goes back to the system: 64 MiB per CPU, written in
+/// full and freed, leaves resident memory within a few pages of where it
+/// started; the space is then reused (nothing more is committed).
+#[test]
+#[cfg(target_os = "linux")]
+fn freed_memory_goes_back_to_the_system() {
+    if !common::is_child() {
+        return common::in_child("freed_memory_goes_back_to_the_system", &[]);
+    }
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let small = Percpu::alloc(8).unwrap(); // the regions exist
+    let size = 64 << 20;
+    let start = resident_pages();
+    let big = Percpu::alloc_aligned(size, page.min(4096)).unwrap();
+    big.foreach(|_, ptr| {
+        for off in (0..size).step_by(page) {
+            // SAFETY: `size` bytes per CPU, just allocated; this thread
+            // alone uses them.
+            unsafe { ptr.add(off).write(1) };
+        }
+    });
+    let touched = resident_pages();
+    let cpus = cpu::count();
+    assert!(
+        touched >= start + cpus * (size / page) * 9 / 10,
+        "writing 64 MiB per CPU: {start} -> {touched} pages"
+    );
+    let committed = percpu::stats().committed;
+    drop(big);
+    let freed = resident_pages();
+    eprintln!("resident pages: start {start}, touched {touched}, freed {freed}");
+    assert!(freed <= start + 16, "freeing left {} pages resident", freed.saturating_sub(start));
+    // The arena reuses the space, and what it hands out reads zero.
+    let again = Percpu::alloc_aligned(size, page.min(4096)).unwrap();
+    assert_eq!(percpu::stats().committed, committed, "freed space not reused");
+    again.foreach(|_, ptr| {
+        // SAFETY: as above.
+        assert_eq!(unsafe { (ptr.read(), ptr.add(size - 1).read()) }, (0, 0));
+    });
+    drop((again, small));
+}

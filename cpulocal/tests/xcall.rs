@@ -24,7 +24,7 @@ fn allowed() -> Vec<usize> {
 
 /// Waits for `ticket`, failing the test (instead of hanging) if it never ends.
 fn finish(ticket: Ticket) -> Result<(), XcallError> {
-    assert!(ticket.wait_timeout(PATIENCE), "cross-call still pending after {PATIENCE:?}");
+    assert!(ticket.wait_timeout(PATIENCE).unwrap(), "cross-call still pending after {PATIENCE:?}");
     ticket.wait()
 }
 
@@ -288,12 +288,12 @@ fn a_broadcast_ticket_waits_for_every_cpu() {
     assert!(pending.starts_with("Ticket {"), "{pending}");
     thread::scope(|s| {
         for _ in 0..4 {
-            s.spawn(|| assert!(ticket.wait_timeout(PATIENCE)));
+            s.spawn(|| assert!(ticket.wait_timeout(PATIENCE).unwrap()));
         }
         for &cpu in &cpus {
             thread::sleep(Duration::from_millis(5));
             assert!(!ticket.is_done(), "done before CPU {cpu} ran");
-            assert!(!ticket.wait_timeout(Duration::from_millis(1)));
+            assert!(!ticket.wait_timeout(Duration::from_millis(1)).unwrap());
             gates.open(cpu);
         }
     });
@@ -326,6 +326,28 @@ fn waiting_for_its_own_cpu_inside_a_call_is_an_error() {
     assert_eq!(own, Err(XcallError::WouldDeadlock { cpu: here }));
     assert_eq!(all, Err(XcallError::WouldDeadlock { cpu: here }));
     assert_eq!(elsewhere.unwrap_or(Ok(())), Ok(()));
+}
+
+/// `wait_timeout` makes the same check as `wait`, at once, rather than
+/// sleeping out its timeout (or for ever) on a call that cannot run.
+#[test]
+fn waiting_with_a_timeout_for_its_own_cpu_inside_a_call_is_an_error() {
+    let cpus = allowed();
+    let (tx, rx) = mpsc::channel();
+    let (here, other) = (cpus[0], *cpus.last().unwrap());
+    let ticket = xcall::unicast(here, move || {
+        let own = xcall::unicast(here, || ()).unwrap().wait_timeout(Duration::MAX);
+        let all = xcall::broadcast(|_| ()).unwrap().wait_timeout(Duration::MAX);
+        let elsewhere = (other != here)
+            .then(|| xcall::unicast(other, || ()).unwrap().wait_timeout(Duration::MAX));
+        tx.send((own, all, elsewhere)).unwrap();
+    })
+    .unwrap();
+    finish(ticket).unwrap();
+    let (own, all, elsewhere) = rx.try_recv().unwrap();
+    assert_eq!(own, Err(XcallError::WouldDeadlock { cpu: here }));
+    assert_eq!(all, Err(XcallError::WouldDeadlock { cpu: here }));
+    assert_eq!(elsewhere.unwrap_or(Ok(true)), Ok(true));
 }
 
 #[test]

@@ -11,8 +11,21 @@ use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 /// log2 of the bytes of each CPU's region (16 MiB, allocated up front; most
-/// allocators map it lazily).
-pub(crate) const UNIT_SHIFT: u32 = 24;
+/// allocators map it lazily). A refused allocation is retried with regions
+/// half as large, down to [`MIN_UNIT_SHIFT`].
+pub(crate) const MAX_UNIT_SHIFT: u32 = 24;
+
+/// log2 of the smallest region per CPU tried (1 MiB).
+pub(crate) const MIN_UNIT_SHIFT: u32 = 20;
+
+pub(crate) fn page_size() -> usize {
+    4096
+}
+
+/// Cross-calls are unsupported here, so nothing needs to notice a fork.
+pub(crate) fn fork_generation() -> u64 {
+    0
+}
 
 pub(crate) fn possible_cpus() -> Option<usize> {
     None
@@ -54,6 +67,14 @@ impl Reservation {
     pub(crate) fn commit(&self, offset: usize, len: usize) -> io::Result<()> {
         assert!(offset.checked_add(len).is_some_and(|end| end <= self.layout.size()));
         Ok(())
+    }
+
+    /// Portable code cannot give pages back: does nothing.
+    ///
+    /// # Safety
+    /// Nothing in the range is in use.
+    pub(crate) unsafe fn release(&self, offset: usize, len: usize) {
+        assert!(offset.checked_add(len).is_some_and(|end| end <= self.layout.size()));
     }
 }
 
@@ -113,6 +134,12 @@ pub(crate) mod rseq {
     pub(crate) enum Area {}
 
     pub(crate) const HAS_PERCPU_OPS: bool = false;
+
+    pub(crate) fn set_limit(_count: usize) {}
+
+    pub(crate) fn pin_code() -> bool {
+        false
+    }
 
     #[inline(always)]
     pub(crate) fn current_area() -> Option<NonNull<Area>> {

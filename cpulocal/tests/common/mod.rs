@@ -54,9 +54,24 @@ pub fn check_forced_backend() {
 
 /// Moves the calling thread to the next allowed CPU (round-robin over
 /// `cpus`), so that tests exercise migration. `step` picks the CPU.
+///
+/// Fails loudly where it cannot migrate: with fewer than two allowed CPUs
+/// (a test would silently stop testing migration), or if the thread is not
+/// on the chosen CPU afterwards.
 pub fn hop(cpus: &[usize], step: usize) {
+    assert!(
+        cpus.len() >= 2,
+        "this migration test needs at least two allowed CPUs, but only {cpus:?} are allowed \
+         (run it where two or more are)"
+    );
     let cpu = cpus[step % cpus.len()];
     cpulocal::cpu::set_affinity(&[cpu]).expect("sched_setaffinity");
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: sched_getcpu has no preconditions.
+        let now = unsafe { libc::sched_getcpu() };
+        assert_eq!(now, cpu as i32, "pinned to CPU {cpu}, but running on {now}");
+    }
 }
 
 /// Test sizes: smaller under Miri and sanitizers, as in seize's tests.
@@ -69,7 +84,7 @@ pub fn scaled(n: usize) -> usize {
 }
 
 /// Disables glibc's rseq registration, so this library registers its own
-/// area per thread (and unregisters it in a thread-exit destructor).
+/// area per thread (a static thread-local, never unregistered).
 pub const OWN_RSEQ: (&str, &str) = ("GLIBC_TUNABLES", "glibc.pthread.rseq=0");
 
 /// Runs test `name` in a child under every backend, then under rseq with

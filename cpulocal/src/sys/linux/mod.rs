@@ -9,22 +9,36 @@ use std::ptr::{self, NonNull};
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
-/// log2 of the bytes of address space reserved for each CPU's region.
+/// log2 of the largest region of address space reserved for each CPU.
 ///
-/// 1 GiB: far more than any realistic per-CPU working set, and a shift the
-/// rseq sequences can take as an immediate. Untouched pages cost nothing.
+/// 1 GiB: far more than any realistic per-CPU working set. Untouched pages
+/// cost no memory, but the reservation counts against `RLIMIT_AS` (and
+/// against a small virtual address space, such as 39-bit arm64), so a
+/// refused reservation is retried with regions half as large, down to
+/// [`MIN_UNIT_SHIFT`].
 #[cfg(target_pointer_width = "64")]
-pub(crate) const UNIT_SHIFT: u32 = 30;
+pub(crate) const MAX_UNIT_SHIFT: u32 = 30;
 #[cfg(not(target_pointer_width = "64"))]
-pub(crate) const UNIT_SHIFT: u32 = 22;
+pub(crate) const MAX_UNIT_SHIFT: u32 = 22;
+
+/// log2 of the smallest region per CPU a reservation tries (1 MiB).
+pub(crate) const MIN_UNIT_SHIFT: u32 = 20;
 
 /// The number of possible CPU ids, from `/sys/devices/system/cpu/possible`.
 ///
 /// Every CPU id the kernel reports (rseq `cpu_id`, `getcpu`) is below it,
 /// also for CPUs that come online later.
 pub(crate) fn possible_cpus() -> Option<usize> {
-    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible").ok()?;
-    parse_cpu_list(&text).map(|max| max + 1)
+    possible_from(&std::fs::read_to_string("/sys/devices/system/cpu/possible").ok()?)
+}
+
+/// The most CPU ids we believe a `possible` list that claims more: an
+/// absurd list is treated as unreadable.
+const MAX_POSSIBLE: usize = 1 << 16;
+
+/// The possible-CPU count a `possible` list stands for, if it is sane.
+fn possible_from(text: &str) -> Option<usize> {
+    parse_cpu_list(text)?.checked_add(1).filter(|&n| n <= MAX_POSSIBLE)
 }
 
 /// The highest CPU id in a kernel CPU list such as `0-3,8,10-11`.
@@ -90,7 +104,13 @@ impl Reservation {
         if base == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let base = NonNull::new(base.cast()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        let base =
+            NonNull::new(base.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        // No transparent huge pages: with THP set to `always`, touching one
+        // 8-byte counter would fault in 2 MiB in every CPU's region. A
+        // kernel without THP refuses the advice; that costs nothing.
+        // SAFETY: advice on our own fresh mapping; it changes no contents.
+        unsafe { libc::madvise(base.as_ptr().cast(), len, libc::MADV_NOHUGEPAGE) };
         Ok(Reservation { base, len })
     }
 
@@ -116,6 +136,52 @@ impl Reservation {
             Err(io::Error::last_os_error())
         }
     }
+}
+
+impl Reservation {
+    /// Gives the pages of `[offset, offset + len)` (page-aligned) back to the
+    /// system: they stay readable and writable and read as zero again,
+    /// costing memory only once touched again.
+    ///
+    /// # Safety
+    /// Nothing in the range is in use: its contents are discarded.
+    pub(crate) unsafe fn release(&self, offset: usize, len: usize) {
+        assert!(offset.checked_add(len).is_some_and(|end| end <= self.len));
+        // SAFETY: the range lies inside our own mapping (checked above) and
+        // the caller guarantees nobody uses its contents. On failure the
+        // pages merely stay resident.
+        unsafe {
+            libc::madvise(self.base.as_ptr().add(offset).cast(), len, libc::MADV_DONTNEED);
+        }
+    }
+}
+
+/// The page size.
+pub(crate) fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).ok().filter(|n| n.is_power_of_two()).unwrap_or(4096)
+}
+
+/// Bumped in the child of every `fork()`: service threads and other
+/// per-process state from before the fork do not exist there.
+static FORK_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn forked_child() {
+    FORK_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A number that differs in a forked child from what it was in the parent
+/// at the time of the fork (once this has been called before the fork).
+pub(crate) fn fork_generation() -> u64 {
+    static HOOKED: std::sync::Once = std::sync::Once::new();
+    HOOKED.call_once(|| {
+        // SAFETY: the child handler only touches an atomic, which is
+        // async-signal-safe as a fork handler must be. If registration
+        // fails (ENOMEM), forks go unnoticed, as they did before.
+        unsafe { libc::pthread_atfork(None, None, Some(forked_child)) };
+    });
+    FORK_GENERATION.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Drop for Reservation {
@@ -160,7 +226,7 @@ pub(crate) fn futex_wake(word: &AtomicU32, n: i32) {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_cpu_list;
+    use super::{parse_cpu_list, possible_from};
 
     #[test]
     fn cpu_lists() {
@@ -169,5 +235,16 @@ mod tests {
         assert_eq!(parse_cpu_list("0-3,8,10-11"), Some(11));
         assert_eq!(parse_cpu_list(""), None);
         assert_eq!(parse_cpu_list("x"), None);
+        assert_eq!(parse_cpu_list(&format!("0-{}", usize::MAX)), Some(usize::MAX));
+    }
+
+    #[test]
+    fn an_absurd_possible_list_does_not_wrap() {
+        assert_eq!(possible_from("0-1\n"), Some(2));
+        assert_eq!(possible_from("0-65535"), Some(65536));
+        // One more than the highest id must neither wrap nor be believed.
+        assert_eq!(possible_from(&usize::MAX.to_string()), None);
+        assert_eq!(possible_from("0-4294967295"), None);
+        assert_eq!(possible_from(""), None);
     }
 }

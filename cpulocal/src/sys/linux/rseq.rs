@@ -9,12 +9,24 @@
 //! place as `__rseq_offset` from the thread pointer; we find those symbols
 //! with `dlsym` (weak linkage needs nightly). When glibc did not register
 //! (older glibc, `GLIBC_TUNABLES=glibc.pthread.rseq=0`, musl), each thread
-//! registers its own heap-allocated area on first use and unregisters it from
-//! a thread-local destructor; until unregistration succeeds the area is never
-//! freed, so the kernel can never write into freed memory.
+//! registers an area of its own on first use: a constant-initialised
+//! thread-local without a destructor, like glibc's own area part of the
+//! thread's static TLS. Registering it allocates nothing, so a thread's first
+//! per-CPU update may happen in a signal handler. The area is never
+//! unregistered: the kernel forgets it when the thread exits, and the
+//! thread's static TLS outlives the thread in the kernel's eyes, as glibc's
+//! area does.
+//!
+//! Every sequence compares the CPU id with the number of CPU slots
+//! ([`set_limit`]) before it uses it: an id at or beyond it (a too-low
+//! possible-CPU count, an area unregistered behind our back, which reads
+//! `u32::MAX`) updates the spill slot with an atomic instruction instead.
 
-use std::cell::Cell;
+use std::cell::{Cell, UnsafeCell};
 use std::ptr::{self, NonNull};
+#[cfg(target_arch = "x86_64")]
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 /// The kernel's `struct rseq` (the original 32-byte layout).
@@ -27,6 +39,19 @@ pub(crate) struct Area {
     node_id: u32,
     mm_cid: u32,
     _pad: u32,
+}
+
+impl Area {
+    /// An area not registered yet: the kernel fills in the CPU ids.
+    const UNREGISTERED: Area = Area {
+        cpu_id_start: 0,
+        cpu_id: u32::MAX,
+        rseq_cs: 0,
+        flags: 0,
+        node_id: 0,
+        mm_cid: 0,
+        _pad: 0,
+    };
 }
 
 /// The abort signature glibc registers with; the 4 bytes before every abort
@@ -42,17 +67,35 @@ pub(crate) const SIG: u32 = 0x5305_3053;
 /// module (elsewhere rseq only supplies the CPU id).
 pub(crate) const HAS_PERCPU_OPS: bool = cfg!(target_arch = "x86_64");
 
-const UNREGISTER: libc::c_int = 1;
-
 const UNINIT: u8 = 0;
 const ACTIVE: u8 = 1;
 const NONE: u8 = 2;
 
+// Constant-initialised and without destructors: touching them allocates
+// nothing and registers nothing (they are plain static TLS).
 thread_local! {
     /// This thread's rseq area, or null while it has none for us.
     static AREA: Cell<*mut Area> = const { Cell::new(ptr::null_mut()) };
     static STATE: Cell<u8> = const { Cell::new(UNINIT) };
-    static OWN: Cell<Option<Registration>> = const { Cell::new(None) };
+    /// The area this library registers when glibc has not registered one.
+    static OWN: UnsafeCell<Area> = const { UnsafeCell::new(Area::UNREGISTERED) };
+}
+
+/// The number of CPU slots the sequences may index directly: `cpu::count()`.
+/// An id at or above it goes to the spill slot (slot `LIMIT`). Zero until
+/// set, sending everything to the spill slot.
+static LIMIT: AtomicU32 = AtomicU32::new(0);
+
+/// Sets the number of CPU ids the sequences trust (`cpu::count()`), before
+/// any sequence runs.
+pub(crate) fn set_limit(count: usize) {
+    LIMIT.store(u32::try_from(count).unwrap_or(u32::MAX), Ordering::Relaxed);
+}
+
+#[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn limit() -> u32 {
+    LIMIT.load(Ordering::Relaxed)
 }
 
 /// The calling thread's rseq area, if [`register_current_thread`] gave it one.
@@ -88,32 +131,13 @@ pub(crate) fn register_current_thread() -> Option<NonNull<Area>> {
 }
 
 /// Whether the calling thread can have an rseq area, without giving it one:
-/// glibc registered one, or the kernel accepts (and then forgets) ours.
+/// glibc registered one, or the kernel accepts ours (which then stays
+/// registered for the thread, as it would on first use).
 pub(crate) fn probe() -> bool {
     if current_area().is_some() || glibc_area().is_some() {
         return true;
     }
-    let area = Box::into_raw(new_area());
-    let ok = rseq_syscall(area, 0) == 0;
-    if ok && rseq_syscall(area, UNREGISTER) != 0 {
-        // Still registered: leak it rather than free memory the kernel writes.
-        return true;
-    }
-    // SAFETY: not (or no longer) registered; it came from Box::into_raw.
-    drop(unsafe { Box::from_raw(area) });
-    ok
-}
-
-fn new_area() -> Box<Area> {
-    Box::new(Area {
-        cpu_id_start: 0,
-        cpu_id: u32::MAX,
-        rseq_cs: 0,
-        flags: 0,
-        node_id: 0,
-        mm_cid: 0,
-        _pad: 0,
-    })
+    register_own().is_some()
 }
 
 fn glibc_offset() -> Option<isize> {
@@ -168,45 +192,77 @@ fn thread_pointer() -> Option<*mut u8> {
 
 fn rseq_syscall(area: *mut Area, flags: libc::c_int) -> libc::c_long {
     // SAFETY: `area` points to a live, 32-byte aligned `Area` that stays
-    // allocated until this thread unregisters it (see `Registration`).
+    // allocated for as long as the kernel may write to it (the thread's
+    // static TLS, or glibc's area; see the module docs).
     unsafe { libc::syscall(libc::SYS_rseq, area, size_of::<Area>() as u32, flags, SIG) }
 }
 
-/// An area this library registered itself; unregistered (then freed) when
-/// the thread's locals are destroyed.
-struct Registration(NonNull<Area>);
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        AREA.with(|a| a.set(ptr::null_mut()));
-        let _ = STATE.try_with(|s| s.set(NONE));
-        if rseq_syscall(self.0.as_ptr(), UNREGISTER) == 0 {
-            // SAFETY: the kernel no longer knows the area; it came from
-            // `Box::into_raw` in `register_own`.
-            drop(unsafe { Box::from_raw(self.0.as_ptr()) });
-        }
-        // Otherwise the area is leaked: the kernel may still write to it.
+/// Registers the calling thread's own area (see the module docs). Allocates
+/// nothing and takes no lock, so it may run in a signal handler, also one
+/// that interrupted this very function.
+fn register_own() -> Option<NonNull<Area>> {
+    let area = OWN.try_with(UnsafeCell::get).ok()?;
+    // SAFETY: `area` is this thread's static TLS, 32-byte aligned, and lives
+    // as long as the thread does for the kernel (module docs).
+    let area = unsafe { NonNull::new_unchecked(area) };
+    let rc = rseq_syscall(area.as_ptr(), 0);
+    // EBUSY: already registered with these very arguments (a signal handler
+    // registered it between our check and the call).
+    if rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY) {
+        (cpu_id(area) < u32::MAX - 1).then_some(area)
+    } else {
+        None
     }
 }
 
-fn register_own() -> Option<NonNull<Area>> {
-    let area = Box::into_raw(new_area());
-    // SAFETY: Box::into_raw never returns null.
-    let area = unsafe { NonNull::new_unchecked(area) };
-    // Register the destructor first: a thread whose locals are already being
-    // destroyed must not register an area it could never unregister.
-    let slot_ok = OWN.try_with(|_| ()).is_ok();
-    if !slot_ok || rseq_syscall(area.as_ptr(), 0) != 0 {
-        // SAFETY: the kernel refused (or was never asked), so nothing refers to it.
-        drop(unsafe { Box::from_raw(area.as_ptr()) });
-        return None;
+/// Keeps the code of the sequences (and their `__rseq_cs` descriptors)
+/// mapped for the life of the process: a thread may be preempted long after
+/// its last sequence with `rseq_cs` still pointing at a descriptor, and the
+/// kernel kills a thread whose descriptor it cannot read. When this library
+/// is part of a shared object that can be unloaded (`dlclose`), the object
+/// is made `RTLD_NODELETE`. Returns whether the code is pinned (always, in
+/// the main program).
+pub(crate) fn pin_code() -> bool {
+    static PINNED: OnceLock<bool> = OnceLock::new();
+    *PINNED.get_or_init(|| {
+        let ours = dl_info(pin_code as *const libc::c_void);
+        // SAFETY: getauxval has no preconditions.
+        let phdr = unsafe { libc::getauxval(libc::AT_PHDR) } as *const libc::c_void;
+        let main = dl_info(phdr);
+        let Some(ours) = ours else {
+            // Not in any object the dynamic linker knows: a static program.
+            return true;
+        };
+        if main.is_some_and(|m| m.dli_fbase == ours.dli_fbase) {
+            return true; // the main program is never unloaded
+        }
+        if ours.dli_fname.is_null() {
+            return false;
+        }
+        // SAFETY: `dli_fname` is the NUL-terminated name of an object that is
+        // loaded (it contains this function); RTLD_NOLOAD only finds it, and
+        // RTLD_NODELETE marks it never to be unloaded. The extra reference
+        // is dropped again at once; the mark stays.
+        unsafe {
+            let handle = libc::dlopen(
+                ours.dli_fname,
+                libc::RTLD_LAZY | libc::RTLD_NOLOAD | libc::RTLD_NODELETE,
+            );
+            if handle.is_null() {
+                return false;
+            }
+            libc::dlclose(handle);
+        }
+        true
+    })
+}
+
+fn dl_info(addr: *const libc::c_void) -> Option<libc::Dl_info> {
+    // SAFETY: dladdr only writes the (zeroed, plain-data) info struct.
+    unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        (libc::dladdr(addr, &mut info) != 0).then_some(info)
     }
-    if OWN.try_with(|own| own.set(Some(Registration(area)))).is_err() {
-        // Unreachable in practice (checked above); leak the area rather than
-        // free memory the kernel writes to.
-        return None;
-    }
-    Some(area)
 }
 
 // Restartable per-CPU sequences (x86_64), after librseq's
@@ -217,10 +273,11 @@ fn register_own() -> Option<NonNull<Area>> {
 //   __rseq_failure:  ud1 SIG(%rip), %edi    (the 4 signature bytes end at 4)
 //                    4: jmp 5f              (abort: re-arm and retry)
 //   text:            5: lea tmp, [3b]; mov [area + 8], tmp   (arm rseq_cs)
-//                    6: mov tmp:e, [area + 4]                 (cpu_id)
-//                       shl tmp, UNIT_SHIFT                   (cpu's offset)
+//                    6: mov cpu:e, [area + 4]                 (cpu_id)
+//                       cmp cpu:e, limit:e; jae (out of range)
+//                       shl cpu, cl                           (cpu's offset)
 //                       ...loads, compares, early exits to 7...
-//                       one store to [base + tmp]             (the commit)
+//                       one store to [base + cpu]             (the commit)
 //                    7:
 //
 // If the thread is preempted, migrated or signalled with its instruction
@@ -229,14 +286,22 @@ fn register_own() -> Option<NonNull<Area>> {
 // instruction before 7 writes memory, so an aborted attempt has no effect.
 // Inputs are read-only in the body and outputs are `out` (never sharing an
 // input's register), so a restart sees the same inputs.
+//
+// The region size is fixed at run time (`sys::unit_shift()`), so the shift
+// is by `cl`; the CPU id is checked against `limit` (`cpu::count()`) first.
+// An id out of range leaves the sequence without writing; the update then
+// goes to the spill slot (`limit << shift`) with an atomic instruction,
+// outside the sequence.
 
 /// Emits one restartable sequence: the descriptor, the abort handler that
 /// retries, the arming store, then `$body` between the start (6) and the
-/// post-commit (7) labels. The body finds the CPU id at `[{area} + 4]`; the
-/// caller supplies `area` (in) and `tmp` (out) among its operands.
+/// post-commit (7) labels, then `$cold` (reached by jumps to 8 from the
+/// body) in a separate section, which must end by jumping back to 7. The body
+/// finds the CPU id at `[{area} + 4]`; the caller supplies `area`, `limit`
+/// (in), `tmp` (out) and the shift in `ecx` among its operands.
 #[cfg(target_arch = "x86_64")]
 macro_rules! percpu_sequence {
-    ([$($body:literal),* $(,)?], $($operands:tt)*) => {
+    ([$($body:literal),* $(,)?], [$($cold:literal),* $(,)?], $($operands:tt)*) => {
         std::arch::asm!(
             ".pushsection __rseq_cs, \"aw\"",
             ".balign 32",
@@ -256,38 +321,65 @@ macro_rules! percpu_sequence {
             "6:",
             $($body,)*
             "7:",
+            ".pushsection .text.unlikely, \"ax\"",
+            "8:",
+            $($cold,)*
+            ".popsection",
             sig = const SIG,
-            shift = const super::UNIT_SHIFT,
             $($operands)*
         )
     };
 }
 
-/// Adds `value` to the `u64` at `base + (cpu << UNIT_SHIFT)`, `cpu` being the
-/// CPU the thread is on when the addition commits. A plain `add`: no lock
-/// prefix, restarted by the kernel if the thread is preempted, migrated or
-/// signalled before it.
+/// The spill slot's copy of the word at `base`, for updates from a CPU id
+/// out of range.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn spill_word<'a>(base: *mut u8, limit: u32) -> &'a AtomicU64 {
+    let at = base.wrapping_add((limit as usize) << super::super::unit_shift());
+    // SAFETY: the callers' contracts: the spill slot's word is valid, aligned
+    // and only ever accessed atomically.
+    unsafe { AtomicU64::from_ptr(at.cast()) }
+}
+
+/// Adds `value` to the `u64` at `base + (cpu << unit_shift())`, `cpu` being
+/// the CPU the thread is on when the addition commits. A plain `add`: no
+/// lock prefix, restarted by the kernel if the thread is preempted, migrated
+/// or signalled before it. A CPU id at or beyond the limit ([`set_limit`])
+/// adds to the spill slot's word with a locked `add` instead.
 ///
 /// # Safety
 /// `area` must be the calling thread's registered area, and the word for
-/// every possible CPU id must be valid for writes, aligned, and written only
-/// by restartable sequences while any thread may run one on it.
+/// every CPU slot up to and including the spill slot (slot `cpu::count()`)
+/// must be valid for writes, aligned, and, below the spill slot, written
+/// only by restartable sequences while any thread may run one on it.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(crate) unsafe fn percpu_add(area: NonNull<Area>, base: *mut u8, value: u64) {
     // SAFETY: the caller guarantees the memory; `percpu_sequence!` follows
     // the rseq ABI, and the body's only store, the add, is its last
-    // instruction.
+    // instruction. The cold path adds atomically to the spill slot, which
+    // the caller guarantees is valid.
     unsafe {
         percpu_sequence!(
             [
                 "mov {tmp:e}, dword ptr [{area} + 4]",
-                "shl {tmp}, {shift}",
+                "cmp {tmp:e}, {limit:e}",
+                "jae 8f",
+                "shl {tmp}, cl",
                 "add qword ptr [{base} + {tmp}], {value}",
+            ],
+            [
+                "mov {tmp:e}, {limit:e}",
+                "shl {tmp}, cl",
+                "lock add qword ptr [{base} + {tmp}], {value}",
+                "jmp 7b",
             ],
             area = in(reg) area.as_ptr(),
             base = in(reg) base,
             value = in(reg) value,
+            limit = in(reg) limit(),
+            in("ecx") super::super::unit_shift(),
             tmp = out(reg) _,
             options(nostack),
         );
@@ -295,9 +387,12 @@ pub(crate) unsafe fn percpu_add(area: NonNull<Area>, base: *mut u8, value: u64) 
 }
 
 /// Compare-and-store on the current CPU's word (librseq's
-/// `percpu_cmpeqv_storev`): if the `u64` at `base + (cpu << UNIT_SHIFT)`
+/// `percpu_cmpeqv_storev`): if the `u64` at `base + (cpu << unit_shift())`
 /// equals `expect`, stores `newv` there. `cpu` is the CPU the thread is on
-/// when the comparison runs; the store, if any, is on that CPU too.
+/// when the comparison runs; the store, if any, is on that CPU too. A CPU
+/// id at or beyond the limit compares and stores on the spill slot's word
+/// instead, atomically (`compare_exchange(AcqRel, Acquire)`), and reports
+/// the spill slot's index as `cpu`.
 ///
 /// Returns `Ok(cpu)` if it stored, or `Err(actual)`, the value it found.
 ///
@@ -311,32 +406,45 @@ pub(crate) unsafe fn percpu_cmpeqv_storev(
     expect: u64,
     newv: u64,
 ) -> Result<usize, u64> {
-    let offset: usize;
+    let cpu: u32;
     let actual: u64;
+    let limit = limit();
     // SAFETY: as for `percpu_add`; the body stores (its last instruction)
     // only after the comparison succeeded on the same CPU, and otherwise
     // leaves through the post-commit label without writing.
     unsafe {
         percpu_sequence!(
             [
-                "mov {tmp:e}, dword ptr [{area} + 4]",
-                "shl {tmp}, {shift}",
+                "mov {cpu:e}, dword ptr [{area} + 4]",
+                "cmp {cpu:e}, {limit:e}",
+                "jae 7f",
+                "mov {tmp:e}, {cpu:e}",
+                "shl {tmp}, cl",
                 "mov {actual}, qword ptr [{base} + {tmp}]",
                 "cmp {actual}, {expect}",
                 "jne 7f",
                 "mov qword ptr [{base} + {tmp}], {newv}",
             ],
+            [],
             area = in(reg) area.as_ptr(),
             base = in(reg) base,
             expect = in(reg) expect,
             newv = in(reg) newv,
-            tmp = out(reg) offset,
+            limit = in(reg) limit,
+            in("ecx") super::super::unit_shift(),
+            cpu = out(reg) cpu,
+            tmp = out(reg) _,
             actual = out(reg) actual,
             options(nostack),
         );
     }
+    if cpu >= limit {
+        return spill_word(base, limit)
+            .compare_exchange(expect, newv, Ordering::AcqRel, Ordering::Acquire)
+            .map(|_| limit as usize);
+    }
     if actual == expect {
-        Ok(offset >> super::UNIT_SHIFT)
+        Ok(cpu as usize)
     } else {
         Err(actual)
     }
@@ -344,10 +452,12 @@ pub(crate) unsafe fn percpu_cmpeqv_storev(
 
 /// Pop from the current CPU's list (librseq's
 /// `percpu_cmpnev_storeoffp_load`): reads `head`, the `u64` at
-/// `base + (cpu << UNIT_SHIFT)`; if it differs from `expectnot`, replaces it
-/// with the `u64` at address `head + off` (the next link).
+/// `base + (cpu << unit_shift())`; if it differs from `expectnot`, replaces
+/// it with the `u64` at address `head + off` (the next link).
 ///
-/// Returns `(cpu, head)`; the pop happened iff `head != expectnot`.
+/// Returns `(cpu, head)`; the pop happened iff `head != expectnot`. A CPU id
+/// at or beyond the limit pops nothing: it returns `(limit, expectnot)`, and
+/// the caller goes on to the spill slot's list as it does for an empty list.
 ///
 /// # Safety
 /// As for [`percpu_add`]; moreover every value other than `expectnot` that
@@ -363,33 +473,45 @@ pub(crate) unsafe fn percpu_cmpnev_storeoffp_load(
     expectnot: u64,
     off: usize,
 ) -> (usize, u64) {
-    let offset: usize;
+    let cpu: u32;
     let head: u64;
+    let limit = limit();
     // SAFETY: as for `percpu_add`; `head + off` is readable while `head` is
     // in the word, which it is for the whole uninterrupted attempt; the
     // store of the next link is the body's last instruction.
     unsafe {
         percpu_sequence!(
             [
-                "mov {tmp:e}, dword ptr [{area} + 4]",
-                "shl {tmp}, {shift}",
+                "mov {cpu:e}, dword ptr [{area} + 4]",
+                "cmp {cpu:e}, {limit:e}",
+                "jae 7f",
+                "mov {tmp:e}, {cpu:e}",
+                "shl {tmp}, cl",
                 "mov {head}, qword ptr [{base} + {tmp}]",
                 "cmp {head}, {expectnot}",
                 "je 7f",
                 "mov {next}, qword ptr [{head} + {off}]",
                 "mov qword ptr [{base} + {tmp}], {next}",
             ],
+            [],
             area = in(reg) area.as_ptr(),
             base = in(reg) base,
             expectnot = in(reg) expectnot,
             off = in(reg) off,
-            tmp = out(reg) offset,
+            limit = in(reg) limit,
+            in("ecx") super::super::unit_shift(),
+            cpu = out(reg) cpu,
+            tmp = out(reg) _,
             head = out(reg) head,
             next = out(reg) _,
             options(nostack),
         );
     }
-    (offset >> super::UNIT_SHIFT, head)
+    if cpu >= limit {
+        (limit as usize, expectnot)
+    } else {
+        (cpu as usize, head)
+    }
 }
 
 /// Never called: [`HAS_PERCPU_OPS`] is false on this architecture.
