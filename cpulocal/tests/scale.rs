@@ -12,7 +12,7 @@ mod common;
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 
 use cpulocal::percpu::{self, Percpu};
@@ -58,6 +58,13 @@ impl Gate {
     }
 }
 
+/// Held while a crowd of threads is alive, in this process or in a child
+/// (a crowd also takes a third of Linux's default 32,768 process ids).
+fn one_crowd() -> MutexGuard<'static, ()> {
+    static ONE_CROWD: Mutex<()> = Mutex::new(());
+    ONE_CROWD.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Spawns `n` threads running `body(index)` on small stacks, all alive at
 /// once: each waits at a gate before `body` and at another after it, so no
 /// thread exits before every thread has run. Joins them all and panics if
@@ -67,8 +74,7 @@ impl Gate {
 /// memory mappings (stack, guard page, signal stack and its guard), and
 /// two crowds at once would pass Linux's default limit of 65,530.
 fn many_threads(n: usize, body: impl Fn(usize) + Sync) {
-    static ONE_CROWD: Mutex<()> = Mutex::new(());
-    let _crowd = ONE_CROWD.lock().unwrap_or_else(PoisonError::into_inner);
+    let _crowd = one_crowd();
     let (start, end) = (Gate::new(n), Gate::new(n));
     let alive = AtomicUsize::new(0);
     let most = AtomicUsize::new(0);
@@ -114,6 +120,7 @@ fn many_threads(n: usize, body: impl Fn(usize) + Sync) {
 /// between updates; every total is exact.
 #[test]
 fn ten_thousand_threads_count_exactly() {
+    common::check_forced_backend();
     let cpus = common::allowed();
     let per = common::scaled(200) as u64;
     let counter = Counter::new();
@@ -134,6 +141,19 @@ fn ten_thousand_threads_count_exactly() {
     assert_eq!(counter.sum(), n, "Counter lost or gained updates");
     assert_eq!(shared.iter().map(|(_, v)| v.load(Ordering::Relaxed)).sum::<u64>(), n);
     assert_eq!((0..cpu::count()).map(|c| *locked.lock_on(c).unwrap()).sum::<u64>(), n);
+}
+
+/// The same crowd under the `getcpu` and `fallback` backends (atomic
+/// updates on the CPU's word, or on a per-thread stripe), each in a child.
+#[test]
+fn ten_thousand_threads_count_exactly_without_rseq() {
+    if common::is_child() {
+        return;
+    }
+    let _crowd = one_crowd();
+    for backend in ["getcpu", "fallback"] {
+        common::in_child("ten_thousand_threads_count_exactly", &[("CPULOCAL_BACKEND", backend)]);
+    }
 }
 
 /// Ten thousand threads alive at once take read locks while a writer keeps
