@@ -25,6 +25,15 @@ const THREADS: usize = 10_000;
 /// the panic machinery, small enough for ten thousand of them.
 const STACK: usize = 64 << 10;
 
+/// In a child, checks that the backend and the possible-CPU count it was
+/// started with are in force.
+fn check_overrides() {
+    common::check_forced_backend();
+    if let Ok(n) = std::env::var("CPULOCAL_POSSIBLE_CPUS") {
+        assert_eq!(cpu::count().to_string(), n, "possible-CPU count not overridden");
+    }
+}
+
 /// A barrier that can be called off: [`wait`](Gate::wait) returns `true`
 /// once `n` threads have arrived, or `false` at once if the gate was
 /// [`abandon`](Gate::abandon)ed (a thread failed to start, or panicked),
@@ -120,7 +129,7 @@ fn many_threads(n: usize, body: impl Fn(usize) + Sync) {
 /// between updates; every total is exact.
 #[test]
 fn ten_thousand_threads_count_exactly() {
-    common::check_forced_backend();
+    check_overrides();
     let cpus = common::allowed();
     let per = common::scaled(200) as u64;
     let counter = Counter::new();
@@ -156,6 +165,20 @@ fn ten_thousand_threads_count_exactly_without_rseq() {
     }
 }
 
+/// Both crowds again on a simulated machine with 1,024 possible CPU ids
+/// (`CPULOCAL_POSSIBLE_CPUS`): every sum, walk and write visits 1,025
+/// copies, all but the real CPUs' still zero.
+#[test]
+fn ten_thousand_threads_with_1024_possible_cpus() {
+    if common::is_child() {
+        return;
+    }
+    let _crowd = one_crowd();
+    for test in ["ten_thousand_threads_count_exactly", "ten_thousand_threads_take_read_locks"] {
+        common::in_child(test, &[("CPULOCAL_POSSIBLE_CPUS", "1024")]);
+    }
+}
+
 /// Ten thousand threads alive at once take read locks while a writer keeps
 /// writing: no reader is ever inside together with the writer (the writer
 /// updates a pair of words one after the other, and checks that no reader
@@ -164,6 +187,7 @@ fn ten_thousand_threads_count_exactly_without_rseq() {
 /// balance (a write lock is free at once).
 #[test]
 fn ten_thousand_threads_take_read_locks() {
+    check_overrides();
     let cpus = common::allowed();
     let per = common::scaled(50) as u64;
     let lock = RwLock::new((0u64, 0u64));
