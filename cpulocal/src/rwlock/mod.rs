@@ -209,6 +209,11 @@ unsafe impl<T: ?Sized + Send + Sync> Sync for RwLock<T> {}
 impl<T> RwLock<T> {
     /// A new, unlocked lock holding `value`.
     ///
+    /// ```
+    /// let config = cpulocal::RwLock::new(String::from("v1"));
+    /// assert_eq!(*config.read(), "v1");
+    /// ```
+    ///
     /// # Panics
     /// If per-CPU memory cannot be had; see [`RwLock::try_new`].
     pub fn new(value: T) -> RwLock<T> {
@@ -217,6 +222,17 @@ impl<T> RwLock<T> {
 
     /// A new, unlocked lock holding `value`, or the reason per-CPU memory
     /// could not be had.
+    ///
+    /// ```
+    /// let lock = cpulocal::RwLock::try_new(0u32)?;
+    /// *lock.write() += 1;
+    /// # Ok::<(), cpulocal::AllocError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`AllocError::TooLarge`] or [`AllocError::System`] if the per-CPU
+    /// regions have no room left or the system refuses the memory; `value`
+    /// is dropped.
     pub fn try_new(value: T) -> Result<RwLock<T>, AllocError> {
         let counts = Percpu::alloc_aligned(16, 16)?;
         let env = Cpus { counts, membarrier: use_membarrier() };
