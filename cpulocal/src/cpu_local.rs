@@ -717,4 +717,62 @@ mod tests {
         drop(it);
         assert_eq!(DROPS.load(Ordering::Relaxed), cpu::count());
     }
+
+    /// Every entry point over the raw slots, small enough for Miri
+    /// (`cargo +nightly miri test -p cpulocal --lib cpu_local`), which checks
+    /// the pointer work for undefined behaviour.
+    #[test]
+    fn every_access_path() {
+        use std::sync::atomic::AtomicU64;
+        static SHARED: CpuLocal<AtomicU64> = CpuLocal::new();
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| SHARED.get().fetch_add(1, Ordering::Relaxed));
+            }
+        });
+        assert_eq!(SHARED.iter().map(|(_, v)| v.load(Ordering::Relaxed)).sum::<u64>(), 3);
+
+        let mut c = CpuLocal::with_init(|cpu| vec![cpu]);
+        assert_eq!(c.get_on(0).map(Vec::len), Some(1));
+        for (cpu, v) in &mut c {
+            v.push(cpu);
+        }
+        assert!((&c).into_iter().all(|(cpu, v)| *v == [cpu, cpu]));
+        assert!(format!("{c:?}").contains("values"));
+        c.clear();
+        assert!(c.iter().all(|(_, v)| v.is_empty()));
+        let mut it = c.into_iter();
+        assert_eq!(it.len(), cpu::count());
+        let _ = it.next();
+        drop(it);
+
+        // SAFETY: every slot gets a value.
+        let p = unsafe {
+            CpuLocal::with_init_in_place(|cpu, s| {
+                s.write(cpu as u8);
+            })
+        };
+        assert_eq!(*p.try_get().unwrap() as usize, cpu::current());
+        let zst = CpuLocal::<()>::new();
+        assert_eq!(zst.iter().count(), cpu::count());
+
+        let l = LockedCpuLocal::<Vec<u8>>::new();
+        l.lock().push(1);
+        let g = CpuLocalGuard::map(l.lock_on(0).unwrap(), |v| v);
+        assert!(l.try_lock_on(0).is_none());
+        drop(g);
+        std::thread::scope(|s| {
+            s.spawn(|| l.try_lock().map(|mut g| g.push(2)));
+        });
+        let total: usize = l.into_iter().map(|(_, v)| v.len()).sum();
+        assert!((1..=2).contains(&total));
+        // SAFETY: zero bytes are a valid `[u16; 8]`.
+        let mut z = unsafe { LockedCpuLocal::<[u16; 8]>::with_init_in_place(|_, _| {}) };
+        assert!(z.iter_mut().all(|(_, v)| *v == [0; 8]));
+
+        let r = std::panic::catch_unwind(|| {
+            CpuLocal::with_init(|cpu| if cpu + 1 == cpu::count() { panic!() } else { vec![cpu] })
+        });
+        assert!(r.is_err());
+    }
 }
