@@ -125,6 +125,9 @@ impl<T: Default> CpuLocal<T> {
     /// A `const fn`: no memory is allocated and no value built until the
     /// first [`get`](Self::get), [`get_on`](Self::get_on), iteration or
     /// [`try_get`](Self::try_get).
+    /// That first use builds every CPU's value while other first users wait;
+    /// a `T::default()` that uses the same `CpuLocal` deadlocks (as a
+    /// `LazyLock` whose initializer forces itself would).
     ///
     /// ```
     /// use std::sync::atomic::{AtomicUsize, Ordering};
