@@ -72,8 +72,8 @@ fn default_locked<T: Default>(_cpu: usize) -> Locked<T> {
 /// run on, or just came from, the same CPU. [`lock_on`](Self::lock_on)
 /// reaches any CPU's value, as a reader summing them all does. There is no
 /// `get`: shared, lock-free access is [`CpuLocal`]'s, and the two never meet
-/// on one value. Each CPU's value carries a `std::sync::Mutex<()>` (4 bytes
-/// on Linux, plus padding to `T`'s alignment).
+/// on one value. Each CPU's value carries a `std::sync::Mutex<()>` (8 bytes
+/// on Linux, then padding to `T`'s alignment).
 ///
 /// Like [`CpuLocal`], [`new`](Self::new) is a `const fn` whose values are
 /// built on first use, and it can be shared between threads when `T: Send`
