@@ -158,3 +158,9 @@ fn bench(a: BenchArgs) -> Result<(), Failure> {
     }
     Ok(())
 }
+
+/// The workspace README's examples, compiled and run as doctests (the
+/// library's own README is tested by the library).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct WorkspaceReadmeDoctests;

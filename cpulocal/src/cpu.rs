@@ -36,6 +36,12 @@ pub enum Backend {
 
 impl Backend {
     /// The name `CPULOCAL_BACKEND` accepts for this backend.
+    ///
+    /// ```
+    /// use cpulocal::cpu::{self, Backend};
+    /// assert_eq!(Backend::Getcpu.name(), "getcpu");
+    /// println!("CPULOCAL_BACKEND={}", cpu::backend().name());
+    /// ```
     pub fn name(self) -> &'static str {
         match self {
             Backend::Rseq => "rseq",

@@ -1,26 +1,70 @@
 //! Per-CPU storage for Rust: NetBSD's percpu(9) in user space.
 //!
-//! - [`cpu`]: which CPU am I on, how many CPU ids exist, which backend.
-//! - [`percpu::Percpu`]: untyped bytes that exist once per CPU.
-//! - [`CpuLocal<T>`]: a typed value per CPU, shared (`get`) or locked (`lock`).
+//! A per-CPU value exists once for every CPU: a thread updates the copy of
+//! the CPU it runs on, so threads on different CPUs never contend for a
+//! cache line, and a reader walks every copy. On Linux the CPU id comes from
+//! the kernel's rseq area and the per-CPU updates of [`Counter`] and
+//! [`ops`] are restartable sequences (plain instructions, no lock prefix);
+//! every fast path has a portable fallback chosen at run time.
+//!
+//! # What is in it
+//!
+//! - [`cpu`]: which CPU the thread is on ([`cpu::current`]), how many CPU
+//!   ids exist ([`cpu::count`]), which backend answers ([`cpu::backend`]),
+//!   and affinity helpers.
+//! - [`percpu`]: percpu(9)'s untyped surface: [`Percpu`](percpu::Percpu)
+//!   bytes that exist once per CPU (`alloc`, `getref`, `get_remote`,
+//!   `foreach`), and [`percpu::stats`].
+//! - [`CpuLocal<T>`]: a typed value per CPU shared by the threads on it
+//!   (`get` gives `&T`); [`LockedCpuLocal<T>`]: one behind a per-CPU lock
+//!   (`lock` gives `&mut T`). Both can be `static`s. The [`cpu_local`]
+//!   module holds their iterators and guard.
 //! - [`Counter`]: a per-CPU event counter whose `add` is a restartable
-//!   sequence (a plain `add`, no lock prefix) on Linux x86_64.
-//! - [`xcall`]: run a function on a chosen CPU.
+//!   sequence (a plain `add`) on Linux x86_64.
+//! - `evcnt`: named event counters (NetBSD's evcnt(9)) in a process-wide
+//!   registry, read as a table or in the Prometheus format.
+//! - [`RwLock<T>`]: a distributed reader/writer lock: readers touch only
+//!   their own CPU's counts; writers pay a `membarrier`.
+//! - [`ops`]: typed per-CPU words and free lists for building your own
+//!   structures: [`PercpuU64`](ops::PercpuU64) and
+//!   [`PercpuStack`](ops::PercpuStack), with operations on the current
+//!   CPU and on a given one.
+//! - [`xcall`]: run a function on a chosen CPU, or on all of them.
 //!
 //! ```
-//! use cpulocal::Counter;
+//! use cpulocal::{Counter, CpuLocal, LockedCpuLocal};
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//!
+//! static BYTES: CpuLocal<AtomicU64> = CpuLocal::new();
+//! static RECENT: LockedCpuLocal<Vec<u32>> = LockedCpuLocal::new();
 //!
 //! let requests = Counter::new();
 //! requests.inc();
+//! BYTES.get().fetch_add(512, Ordering::Relaxed);
+//! RECENT.lock().push(200);
 //! assert_eq!(requests.sum(), 1);
+//! assert_eq!(BYTES.iter().map(|(_cpu, b)| b.load(Ordering::Relaxed)).sum::<u64>(), 512);
 //! ```
+//!
+//! # Environment variables
+//!
+//! Each is read once, the first time it matters. They exist for tests and
+//! benchmarks; a program does not need them. An unknown value of
+//! `CPULOCAL_BACKEND` or `CPULOCAL_POSSIBLE_CPUS` is reported on standard
+//! error and ignored.
+//!
+//! | variable | values | effect |
+//! |---|---|---|
+//! | `CPULOCAL_BACKEND` | `rseq` (default), `getcpu`, `fallback` | where CPU ids come from ([`cpu::Backend`]). If the one asked for is unavailable, the next one down the list is used. |
+//! | `CPULOCAL_MEMBARRIER` | `0`, `off`, `no`, `false` | [`RwLock`] readers use a full fence instead of relying on the writer's `membarrier` (the fallback used where `membarrier` is missing). |
+//! | `CPULOCAL_POSSIBLE_CPUS` | `1` to `65536` | pretend that many CPU ids are possible ([`cpu::count`]), to simulate a larger or smaller machine. Below the real count, CPUs the kernel reports fall outside the per-CPU arrays; not for production use. |
 #![warn(missing_docs, missing_debug_implementations)]
 #![warn(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
 
 mod arena;
 mod counter;
 pub mod cpu;
-mod cpu_local;
+pub mod cpu_local;
 pub mod ops;
 pub mod percpu;
 mod region;
@@ -29,13 +73,13 @@ mod sys;
 pub mod xcall;
 
 pub use counter::Counter;
-pub use cpu_local::{CpuLocal, CpuLocalGuard};
+pub use cpu_local::{CpuLocal, CpuLocalGuard, LockedCpuLocal};
 pub use percpu::AllocError;
 pub use rwlock::{
     MappedRwLockReadGuard, MappedRwLockWriteGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
 };
 
-/// The README's example, compiled and run as a doctest.
+/// The crate README's examples, compiled and run as doctests.
 #[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
+#[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

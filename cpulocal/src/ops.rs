@@ -7,6 +7,19 @@
 //! - [`PercpuStack`]: a LIFO of boxed [`Node`]s per CPU, pushed and popped on
 //!   the current CPU: a per-CPU free list, as in tcmalloc's per-CPU caches.
 //!
+//! # Operations on a given CPU
+//!
+//! [`PercpuU64::store_on`], [`PercpuStack::push_on`] and
+//! [`PercpuStack::pop_on`] act on the word or list of the CPU named by the
+//! caller, like librseq's operations with a `cpu` argument, and only if the
+//! thread is running on that CPU when the operation takes effect; otherwise
+//! they change nothing and report [`NotOnCpu`] (`push_on` hands the node
+//! back). They serve code that knows where it runs: a thread pinned with
+//! [`cpu::set_affinity`], a function sent with [`xcall`](crate::xcall), or a
+//! loop that read [`cpu::current`] and retries when it migrated. A CPU's
+//! word is never written from another CPU (see [the spill
+//! word](#the-spill-word) below), so no operation reaches across CPUs.
+//!
 //! # How an operation runs
 //!
 //! With the [rseq backend](crate::cpu::Backend::Rseq) on x86_64, every
@@ -161,6 +174,45 @@ impl PercpuU64 {
             self.word(i).store(0, Ordering::Relaxed);
         }
     }
+
+    /// Stores `value` in CPU `cpu`'s word, if the thread runs on `cpu` when
+    /// the store takes effect (see [operations on a given
+    /// CPU](self#operations-on-a-given-cpu)). The store releases.
+    ///
+    /// ```
+    /// use cpulocal::{cpu, ops::PercpuU64};
+    ///
+    /// let w = PercpuU64::new();
+    /// w.add(5);
+    /// // Reset the word this thread counted on, unless it has moved since.
+    /// let here = cpu::current();
+    /// if w.store_on(here, 0).is_ok() {
+    ///     assert_eq!(w.load_on(here), Some(0));
+    /// }
+    /// assert!(w.store_on(cpu::count(), 1).is_err(), "no such CPU");
+    /// ```
+    ///
+    /// # Errors
+    /// [`NotOnCpu`] if the thread was not on `cpu` (or `cpu >= cpu::count()`,
+    /// or, under the rseq backend, the thread can no longer run restartable
+    /// sequences: late in its exit); the word is unchanged.
+    pub fn store_on(&self, cpu: usize, value: u64) -> Result<(), NotOnCpu> {
+        if cpu >= cpu::count() {
+            return Err(NotOnCpu { cpu });
+        }
+        let stored = match cpu::place() {
+            Place::Rseq(area) => {
+                // SAFETY: as in `add`; `cpu` is below the possible-CPU count.
+                unsafe { rseq::percpu_store_on(area, self.words.base(), cpu as u32, value) }
+            }
+            Place::Slot(slot) if slot == cpu => {
+                self.word(slot).store(value, Ordering::Release);
+                true
+            }
+            Place::Slot(_) => false,
+        };
+        stored.then_some(()).ok_or(NotOnCpu { cpu })
+    }
 }
 
 impl Default for PercpuU64 {
@@ -202,11 +254,25 @@ pub struct Node<T> {
 
 impl<T> Node<T> {
     /// A node holding `value`, in no stack.
+    ///
+    /// ```
+    /// let node = cpulocal::ops::Node::new(7u32);
+    /// assert_eq!(*node, 7);
+    /// ```
     pub fn new(value: T) -> Node<T> {
         Node { next: AtomicPtr::new(ptr::null_mut()), value }
     }
 
     /// The value (call it on a popped `Box<Node<T>>` directly).
+    ///
+    /// ```
+    /// use cpulocal::ops::{Node, PercpuStack};
+    /// let stack = PercpuStack::new();
+    /// stack.push(Box::new(Node::new(vec![1u8])));
+    /// # let mut stack = stack;
+    /// let v: Vec<u8> = stack.drain().next().unwrap().into_inner();
+    /// assert_eq!(v, [1]);
+    /// ```
     pub fn into_inner(self) -> T {
         self.value
     }
@@ -254,7 +320,8 @@ struct Slot {
 /// [`drain`](Self::drain) empties them all. Dropping the stack drops every
 /// node left in it.
 ///
-/// A stack costs 16 bytes per CPU, in each CPU's own region.
+/// A stack costs 24 bytes per CPU, in each CPU's own region: the list's
+/// head and pop lock, and a word of [`len`](Self::len)'s count.
 ///
 /// ```
 /// use cpulocal::ops::{Node, PercpuStack};
@@ -293,6 +360,9 @@ struct Slot {
 /// a pop only makes the pop's compare-exchange fail and retry.
 pub struct PercpuStack<T> {
     slots: Percpu,
+    /// Pushes minus pops, counted per CPU (on whichever CPU the thread is
+    /// on after the push or pop, which need not be the list's).
+    len: PercpuU64,
     _owns: PhantomData<Box<Node<T>>>,
 }
 
@@ -307,6 +377,11 @@ unsafe impl<T: Send> Sync for PercpuStack<T> {}
 impl<T> PercpuStack<T> {
     /// Every CPU's list empty.
     ///
+    /// ```
+    /// let free = cpulocal::ops::PercpuStack::<[u8; 256]>::new();
+    /// assert!(free.pop().is_none());
+    /// ```
+    ///
     /// # Panics
     /// If per-CPU memory cannot be had; see [`PercpuStack::try_new`].
     pub fn new() -> PercpuStack<T> {
@@ -314,9 +389,19 @@ impl<T> PercpuStack<T> {
     }
 
     /// Every CPU's list empty, or the reason per-CPU memory could not be had.
+    ///
+    /// ```
+    /// let free = cpulocal::ops::PercpuStack::<String>::try_new()?;
+    /// assert_eq!(free.len(), 0);
+    /// # Ok::<(), cpulocal::AllocError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`AllocError::TooLarge`] or [`AllocError::System`] if the per-CPU
+    /// regions have no room left or the system refuses the memory.
     pub fn try_new() -> Result<PercpuStack<T>, AllocError> {
         let slots = Percpu::alloc_aligned(size_of::<Slot>(), align_of::<Slot>())?;
-        Ok(PercpuStack { slots, _owns: PhantomData })
+        Ok(PercpuStack { slots, len: PercpuU64::try_new()?, _owns: PhantomData })
     }
 
     /// The list at `index`, unchecked: `index < cpu::slots()`.
@@ -329,9 +414,21 @@ impl<T> PercpuStack<T> {
     }
 
     /// Puts `node` on top of the current CPU's list.
+    ///
+    /// ```
+    /// use cpulocal::ops::{Node, PercpuStack};
+    /// let free = PercpuStack::new();
+    /// free.push(Box::new(Node::new(0u64)));
+    /// assert_eq!(free.len(), 1);
+    /// ```
     #[inline]
     pub fn push(&self, node: Box<Node<T>>) {
-        let node = Box::into_raw(node);
+        self.push_raw(Box::into_raw(node));
+        self.len.add(1);
+    }
+
+    #[inline]
+    fn push_raw(&self, node: *mut Node<T>) {
         match cpu::place() {
             Place::Rseq(area) => {
                 // Guess the top from the CPU we are on; a wrong guess (we
@@ -365,6 +462,16 @@ impl<T> PercpuStack<T> {
     /// progress spins briefly and then returns `None` rather than wait for
     /// it. So `pop`, like `push`, never blocks and may be called from a
     /// signal handler.
+    ///
+    /// ```
+    /// use cpulocal::ops::{Node, PercpuStack};
+    /// let free = PercpuStack::new();
+    /// free.push(Box::new(Node::new(1u8)));
+    /// // Unless the thread moved to another CPU in between, it gets it back.
+    /// if let Some(node) = free.pop() {
+    ///     assert_eq!(node.into_inner(), 1);
+    /// }
+    /// ```
     #[inline]
     pub fn pop(&self) -> Option<Box<Node<T>>> {
         let node = match cpu::place() {
@@ -388,9 +495,157 @@ impl<T> PercpuStack<T> {
             }
             Place::Slot(slot) => self.pop_atomic(slot),
         };
+        self.popped(node)
+    }
+
+    /// The popped `node`, owned, if not null; counts the pop.
+    #[inline]
+    fn popped(&self, node: *mut Node<T>) -> Option<Box<Node<T>>> {
+        if node.is_null() {
+            return None;
+        }
+        self.len.add(1u64.wrapping_neg());
         // SAFETY: a popped node came from `Box::into_raw` in `push`, and
         // popping handed its ownership to us alone.
-        (!node.is_null()).then(|| unsafe { Box::from_raw(node) })
+        Some(unsafe { Box::from_raw(node) })
+    }
+
+    /// Puts `node` on top of CPU `cpu`'s list, if the thread runs on `cpu`
+    /// when the push takes effect (see [operations on a given
+    /// CPU](self#operations-on-a-given-cpu)).
+    ///
+    /// ```
+    /// use cpulocal::{cpu, ops::{Node, PercpuStack}};
+    ///
+    /// let free = PercpuStack::new();
+    /// let node = Box::new(Node::new([0u8; 64]));
+    /// // Give the buffer to this CPU's list; if the thread moved meanwhile,
+    /// // to the list of wherever it is now.
+    /// if let Err(node) = free.push_on(cpu::current(), node) {
+    ///     free.push(node);
+    /// }
+    /// assert_eq!(free.len(), 1);
+    /// ```
+    ///
+    /// # Errors
+    /// Hands `node` back if the thread was not on `cpu` (or
+    /// `cpu >= cpu::count()`, or, under the rseq backend, the thread can no
+    /// longer run restartable sequences); the list is unchanged.
+    pub fn push_on(&self, cpu: usize, node: Box<Node<T>>) -> Result<(), Box<Node<T>>> {
+        if cpu >= cpu::count() {
+            return Err(node);
+        }
+        let node = Box::into_raw(node);
+        // SAFETY: `node` came from `Box::into_raw` just above and was not
+        // published: it is still ours to hand back.
+        let give_back = || Err(unsafe { Box::from_raw(node) });
+        match cpu::place() {
+            Place::Rseq(area) => {
+                let mut top = self.slot(cpu).head.load(Ordering::Relaxed);
+                loop {
+                    // SAFETY: we own `node` until the store publishes it.
+                    unsafe { (*node).next.store(top as *mut Node<T>, Ordering::Relaxed) };
+                    // SAFETY: as in `push`; `cpu` is below the possible-CPU
+                    // count.
+                    let pushed = unsafe {
+                        rseq::percpu_cmpeqv_storev_on(
+                            area,
+                            self.slots.base(),
+                            cpu as u32,
+                            top,
+                            node as u64,
+                        )
+                    };
+                    match pushed {
+                        Ok(()) => break,
+                        Err(Some(actual)) => top = actual,
+                        Err(None) => return give_back(),
+                    }
+                }
+            }
+            Place::Slot(slot) if slot == cpu => self.push_atomic(slot, node),
+            Place::Slot(_) => return give_back(),
+        }
+        self.len.add(1);
+        Ok(())
+    }
+
+    /// Takes the top node of CPU `cpu`'s list, if the thread runs on `cpu`
+    /// when the pop takes effect (see [operations on a given
+    /// CPU](self#operations-on-a-given-cpu)): `Ok(None)` if that list is
+    /// empty. Unlike [`pop`](Self::pop), it never looks at the spill list.
+    ///
+    /// ```
+    /// use cpulocal::{cpu, ops::{Node, PercpuStack}};
+    ///
+    /// let free = PercpuStack::new();
+    /// let here = cpu::current();
+    /// if free.push_on(here, Box::new(Node::new(9u32))).is_ok() {
+    ///     // Still here: the node is on top of this CPU's list.
+    ///     if let Ok(popped) = free.pop_on(here) {
+    ///         assert_eq!(popped.map(|n| n.into_inner()), Some(9));
+    ///     }
+    /// }
+    /// assert!(free.pop_on(cpu::count()).is_err(), "no such CPU");
+    /// ```
+    ///
+    /// # Errors
+    /// [`NotOnCpu`] if the thread was not on `cpu` (or `cpu >= cpu::count()`,
+    /// or, under the rseq backend, the thread can no longer run restartable
+    /// sequences); the list is unchanged.
+    pub fn pop_on(&self, cpu: usize) -> Result<Option<Box<Node<T>>>, NotOnCpu> {
+        if cpu >= cpu::count() {
+            return Err(NotOnCpu { cpu });
+        }
+        let node = match cpu::place() {
+            Place::Rseq(area) => {
+                // SAFETY: as in `pop`; `cpu` is below the possible-CPU count.
+                let top = unsafe {
+                    rseq::percpu_cmpnev_storeoffp_load_on(
+                        area,
+                        self.slots.base(),
+                        cpu as u32,
+                        0,
+                        offset_of!(Node<T>, next),
+                    )
+                };
+                top.ok_or(NotOnCpu { cpu })? as *mut Node<T>
+            }
+            Place::Slot(slot) if slot == cpu => self.pop_atomic(slot),
+            Place::Slot(_) => return Err(NotOnCpu { cpu }),
+        };
+        Ok(self.popped(node))
+    }
+
+    /// How many nodes the stack holds, on every CPU's list.
+    ///
+    /// Exact when no push or pop runs meanwhile; while they run, it is off
+    /// by at most the number in flight. Pushes and pops each add to a
+    /// per-CPU count (one more restartable add), and `len` sums it.
+    ///
+    /// ```
+    /// use cpulocal::ops::{Node, PercpuStack};
+    /// let free = PercpuStack::new();
+    /// (0..3).for_each(|i| free.push(Box::new(Node::new(i))));
+    /// assert_eq!(free.len(), 3);
+    /// # let mut free = free;
+    /// free.drain().next();
+    /// assert_eq!(free.len(), 2);
+    /// ```
+    pub fn len(&self) -> usize {
+        // A pop counted before the push it undoes makes the sum briefly
+        // negative: report 0 then.
+        let n = self.len.sum() as i64;
+        usize::try_from(n).unwrap_or(0)
+    }
+
+    /// Whether [`len`](Self::len) is 0.
+    ///
+    /// ```
+    /// assert!(cpulocal::ops::PercpuStack::<u8>::new().is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     fn push_atomic(&self, slot: usize, node: *mut Node<T>) {
@@ -444,6 +699,16 @@ impl<T> PercpuStack<T> {
     /// Takes every node from every list (CPUs' and spill), one list after
     /// another, each top first. Nodes the iterator does not get to stay in
     /// the stack.
+    ///
+    /// ```
+    /// use cpulocal::ops::{Node, PercpuStack};
+    /// let mut free = PercpuStack::new();
+    /// (0..4).for_each(|i| free.push(Box::new(Node::new(i))));
+    /// let mut got: Vec<i32> = free.drain().map(|n| n.into_inner()).collect();
+    /// got.sort();
+    /// assert_eq!(got, [0, 1, 2, 3]);
+    /// assert!(free.is_empty());
+    /// ```
     pub fn drain(&mut self) -> Drain<'_, T> {
         Drain { stack: self, index: 0 }
     }
@@ -463,7 +728,7 @@ impl<T> Drop for PercpuStack<T> {
 
 impl<T> fmt::Debug for PercpuStack<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PercpuStack").finish_non_exhaustive()
+        f.debug_struct("PercpuStack").field("len", &self.len()).finish_non_exhaustive()
     }
 }
 
@@ -489,6 +754,7 @@ impl<T> Iterator for Drain<'_, T> {
             // us (it came from `Box::into_raw` in `push`).
             unsafe {
                 head.store((*top).next.load(Ordering::Relaxed) as u64, Ordering::Relaxed);
+                self.stack.len.add(1u64.wrapping_neg());
                 return Some(Box::from_raw(top));
             }
         }
@@ -533,3 +799,28 @@ impl Drop for PopLock<'_> {
         self.0.store(0, Ordering::Release);
     }
 }
+
+/// An operation aimed at CPU [`cpu`](Self::cpu) ran while the thread was on
+/// another CPU (or the CPU id does not exist), and changed nothing. See
+/// [operations on a given CPU](self#operations-on-a-given-cpu).
+///
+/// ```
+/// let w = cpulocal::ops::PercpuU64::new();
+/// let err = w.store_on(usize::MAX, 1).unwrap_err();
+/// assert_eq!(err.cpu, usize::MAX);
+/// assert!(err.to_string().contains("not running on CPU"));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NotOnCpu {
+    /// The CPU the operation was aimed at.
+    pub cpu: usize,
+}
+
+impl fmt::Display for NotOnCpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the thread was not running on CPU {} (or no such CPU exists)", self.cpu)
+    }
+}
+
+impl std::error::Error for NotOnCpu {}

@@ -128,6 +128,9 @@ impl Percpu {
     /// assert_eq!(p.size(), 24);
     /// assert!(cpulocal::percpu::Percpu::alloc(0).is_err());
     /// ```
+    ///
+    /// # Errors
+    /// As [`alloc_aligned`](Self::alloc_aligned); nothing is allocated.
     pub fn alloc(size: usize) -> Result<Percpu, AllocError> {
         let align = size.checked_next_power_of_two().unwrap_or(16).clamp(1, 16);
         Percpu::alloc_aligned(size, align)
@@ -142,6 +145,15 @@ impl Percpu {
     /// assert_eq!(p.getref().as_ptr() as usize % 64, 0);
     /// assert_eq!(Percpu::alloc_aligned(8, 3).unwrap_err(), AllocError::BadAlign { align: 3 });
     /// ```
+    ///
+    /// # Errors
+    /// Nothing is allocated, and:
+    /// - [`AllocError::ZeroSize`] if `size` is 0;
+    /// - [`AllocError::BadAlign`] if `align` is not a power of two or is
+    ///   above 4096;
+    /// - [`AllocError::TooLarge`] if `size` bytes do not fit in what is
+    ///   left of a CPU's region;
+    /// - [`AllocError::System`] if the system refuses to commit the memory.
     pub fn alloc_aligned(size: usize, align: usize) -> Result<Percpu, AllocError> {
         if size == 0 {
             return Err(AllocError::ZeroSize);
@@ -157,6 +169,10 @@ impl Percpu {
     }
 
     /// The size of each CPU's copy, in bytes.
+    ///
+    /// ```
+    /// assert_eq!(cpulocal::percpu::Percpu::alloc(100).unwrap().size(), 100);
+    /// ```
     pub fn size(&self) -> usize {
         self.size
     }
@@ -164,6 +180,13 @@ impl Percpu {
     /// The current CPU's copy (`percpu_getref`). Dropping the reference is
     /// `percpu_putref`. The thread may migrate meanwhile: see the
     /// [module docs](self).
+    ///
+    /// ```
+    /// let p = cpulocal::percpu::Percpu::alloc(8).unwrap();
+    /// let r = p.getref();
+    /// assert!(r.cpu() < cpulocal::cpu::count());
+    /// assert_eq!(Some(r.as_ptr()), p.get_remote(r.cpu()));
+    /// ```
     #[inline]
     pub fn getref(&self) -> PercpuRef<'_> {
         let cpu = cpu::current();
@@ -185,6 +208,17 @@ impl Percpu {
     /// Calls `f(cpu, ptr)` for every CPU id in ascending order
     /// (`percpu_foreach`). Safe while other objects are allocated and the
     /// regions grow.
+    ///
+    /// ```
+    /// let p = cpulocal::percpu::Percpu::alloc(4).unwrap();
+    /// let mut cpus = Vec::new();
+    /// p.foreach(|cpu, ptr| {
+    ///     // SAFETY: every copy is 4 zero-filled bytes; nobody else uses them.
+    ///     assert_eq!(unsafe { ptr.cast::<u32>().read() }, 0);
+    ///     cpus.push(cpu);
+    /// });
+    /// assert_eq!(cpus, (0..cpulocal::cpu::count()).collect::<Vec<_>>());
+    /// ```
     pub fn foreach(&self, mut f: impl FnMut(usize, *mut u8)) {
         for cpu in 0..cpu::count() {
             f(cpu, self.slot(cpu));
@@ -231,12 +265,22 @@ pub struct PercpuRef<'a> {
 
 impl PercpuRef<'_> {
     /// The CPU whose copy this is (where the thread was when it took it).
+    ///
+    /// ```
+    /// let p = cpulocal::percpu::Percpu::alloc(8).unwrap();
+    /// assert!(p.getref().cpu() < cpulocal::cpu::count());
+    /// ```
     pub fn cpu(&self) -> usize {
         self.cpu
     }
 
     /// The copy: `size()` bytes, aligned as allocated, valid while the
     /// `Percpu` lives.
+    ///
+    /// ```
+    /// let p = cpulocal::percpu::Percpu::alloc_aligned(64, 64).unwrap();
+    /// assert_eq!(p.getref().as_ptr() as usize % 64, 0);
+    /// ```
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr
     }

@@ -196,6 +196,17 @@ impl Error for XcallError {}
 ///
 /// assert!(xcall::unicast(usize::MAX, || ()).is_err());
 /// ```
+///
+/// # Errors
+/// Nothing runs, and:
+/// - [`XcallError::NoSuchCpu`] if `cpu >= cpu::count()`;
+/// - [`XcallError::CpuNotAllowed`] if the service thread must be started
+///   and the process may not run on `cpu`;
+/// - [`XcallError::Unsupported`] where threads cannot be pinned;
+/// - [`XcallError::System`] if the thread cannot be started or pinned.
+///
+/// What happens to `f` afterwards (it panicked; its CPU became unreachable)
+/// is reported by [`Ticket::wait`].
 pub fn unicast<F>(cpu: usize, f: F) -> Result<Ticket, XcallError>
 where
     F: FnOnce() + Send + 'static,
@@ -228,6 +239,11 @@ where
 /// .unwrap();
 /// assert_eq!(visits.load(Ordering::Relaxed), cpu::allowed().unwrap().len());
 /// ```
+///
+/// # Errors
+/// As [`unicast`], for the first allowed CPU that cannot be reached, or
+/// [`XcallError::System`] if the affinity mask cannot be read; `f` runs
+/// nowhere.
 pub fn broadcast<F>(f: F) -> Result<Ticket, XcallError>
 where
     F: Fn(usize) + Send + Sync + 'static,

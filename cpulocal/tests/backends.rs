@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use cpulocal::cpu::{self, Backend};
 use cpulocal::percpu::Percpu;
-use cpulocal::{Counter, CpuLocal};
+use cpulocal::{Counter, CpuLocal, LockedCpuLocal};
 
 /// The library's per-CPU paths with CPU hopping and exact totals; run in the
 /// normal suite and, forced to each backend, in child processes.
@@ -18,7 +18,7 @@ fn workload() {
     let rounds = common::scaled(20_000);
     let counter = Counter::new();
     let shared = CpuLocal::<AtomicU64>::new();
-    let locked = CpuLocal::<u64>::new();
+    let locked = LockedCpuLocal::<u64>::new();
     let raw = Percpu::alloc(8).unwrap();
     std::thread::scope(|s| {
         for t in 0..3 {

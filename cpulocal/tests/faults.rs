@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use cpulocal::cpu::{self, Backend};
 use cpulocal::ops::{Node, PercpuStack, PercpuU64};
-use cpulocal::{xcall, Counter, CpuLocal, RwLock};
+use cpulocal::{xcall, Counter, LockedCpuLocal, RwLock};
 
 /// Kills this (child) process with SIGALRM after `secs`, so that a hang
 /// fails the test instead of stalling the suite.
@@ -98,7 +98,7 @@ fn mixed_workload(cpus: &[usize], rounds: usize) {
     let counter = Counter::new();
     let words = PercpuU64::new();
     let stack: PercpuStack<u64> = PercpuStack::new();
-    let locked = CpuLocal::<u64>::new();
+    let locked = LockedCpuLocal::<u64>::new();
     let rw = RwLock::new(0u64);
     let popped = Mutex::new(Vec::new());
     let threads = 4;
@@ -577,7 +577,7 @@ fn allowed_cpus_shrink_and_grow_under_load() {
     die_after(120);
     let cpus = two_cpus();
     let counter = Counter::new();
-    let locked = CpuLocal::<u64>::new();
+    let locked = LockedCpuLocal::<u64>::new();
     let rw = RwLock::new(0u64);
     let tids = Mutex::new(Vec::new());
     let stop = AtomicBool::new(false);
@@ -683,7 +683,7 @@ fn fork_while_locks_are_held() {
     die_after(120);
     let cpus = two_cpus();
     let counter = Counter::new();
-    let locked = CpuLocal::<u64>::new();
+    let locked = LockedCpuLocal::<u64>::new();
     let read_held = RwLock::new(7u64);
     let write_held = RwLock::new(0u64);
     let holding = AtomicUsize::new(0);
@@ -745,7 +745,7 @@ fn fork_while_locks_are_held() {
             // New objects work in full.
             let fresh = RwLock::new(0u64);
             *fresh.write() += 1;
-            let fresh_local = CpuLocal::<u64>::new();
+            let fresh_local = LockedCpuLocal::<u64>::new();
             *fresh_local.lock() += 1;
             if *fresh.read() != 1 || *fresh_local.lock() != 1 {
                 return 5;

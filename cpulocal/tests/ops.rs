@@ -367,3 +367,129 @@ fn stack_in_thread_exit_destructors() {
     let stack = unsafe { Box::from_raw(raw) };
     check_all_present(*stack, threads);
 }
+
+/// A CPU id other than `cpu` (below `count()`), if there is one.
+fn other_cpu(cpu: usize) -> Option<usize> {
+    (cpu::count() > 1).then(|| (cpu + 1) % cpu::count())
+}
+
+/// `store_on`, `push_on` and `pop_on` act on the named CPU's word or list
+/// when the thread is pinned there, and change nothing when it is not.
+#[test]
+fn targeted_ops_act_only_on_the_named_cpu() {
+    if !common::is_child() {
+        return common::under_every_path("targeted_ops_act_only_on_the_named_cpu");
+    }
+    common::check_forced_backend();
+    let cpus = common::allowed();
+    let w = PercpuU64::new();
+    let stack = PercpuStack::new();
+    for (step, &pinned) in cpus.iter().enumerate() {
+        common::hop(&cpus, step);
+        // Under fallback the "CPU" is the thread's stripe.
+        let here = cpu::current();
+        if cpu::backend() != Backend::Fallback {
+            assert_eq!(here, pinned);
+        }
+        let value = 1000 + step as u64;
+        assert_eq!(w.store_on(here, value), Ok(()));
+        assert_eq!(w.load_on(here), Some(value));
+        let id = step;
+        let pushed = stack.push_on(here, Box::new(Node::new(Item { id, held: false.into() })));
+        assert!(pushed.is_ok(), "push_on the CPU the thread is pinned to");
+        if let Some(other) = other_cpu(here) {
+            let before = w.load_on(other);
+            assert_eq!(w.store_on(other, 7).map_err(|e| e.cpu), Err(other));
+            assert_eq!(w.load_on(other), before, "store_on wrote another CPU's word");
+            let node = Box::new(Node::new(Item { id: usize::MAX, held: false.into() }));
+            let back = stack.push_on(other, node).expect_err("push_on another CPU");
+            assert_eq!(back.id, usize::MAX, "the node comes back");
+            assert!(stack.pop_on(other).is_err());
+        }
+        let popped = stack.pop_on(here).expect("pop_on the pinned CPU");
+        assert_eq!(popped.map(|n| n.id), Some(id), "pop_on took the node push_on put there");
+        assert_eq!(stack.pop_on(here).map(|n| n.is_none()), Ok(true), "the list is empty");
+        assert!(stack.is_empty());
+    }
+    assert!(w.store_on(cpu::count(), 1).is_err());
+    assert!(stack.pop_on(cpu::count()).is_err());
+    cpu::set_affinity(&cpus).unwrap();
+}
+
+/// Threads hopping between CPUs move nodes with `pop_on`/`push_on` aimed at
+/// the CPU they last saw: none is lost or duplicated, the ones that missed
+/// their CPU come back, and `len` ends exact.
+#[test]
+fn targeted_stack_ops_under_migration() {
+    if !common::is_child() {
+        return common::under_every_path("targeted_stack_ops_under_migration");
+    }
+    common::check_forced_backend();
+    let cpus = common::allowed();
+    let stack = PercpuStack::new();
+    let m = 64;
+    for id in 0..m {
+        common::hop(&cpus, id);
+        stack.push(Box::new(Node::new(Item { id, held: AtomicBool::new(false) })));
+    }
+    assert_eq!(stack.len(), m);
+    let n = common::scaled(40_000);
+    let (moved, missed) = thread::scope(|s| {
+        let workers: Vec<_> = (0..4)
+            .map(|t| {
+                let (stack, cpus) = (&stack, &cpus);
+                s.spawn(move || {
+                    let (mut moved, mut missed) = (0usize, 0usize);
+                    for i in 0..n {
+                        if i % 128 == 0 {
+                            common::hop(cpus, t + i / 128);
+                        } else if i % 5 == 0 {
+                            thread::yield_now();
+                        }
+                        let Ok(Some(node)) = stack.pop_on(cpu::current()) else {
+                            continue;
+                        };
+                        take(&node);
+                        give(&node);
+                        let mut node = node;
+                        // Aim at the CPU seen now; on a miss, aim again.
+                        loop {
+                            match stack.push_on(cpu::current(), node) {
+                                Ok(()) => break,
+                                Err(back) => {
+                                    missed += 1;
+                                    node = back;
+                                }
+                            }
+                        }
+                        moved += 1;
+                    }
+                    (moved, missed)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    });
+    assert!(moved > n, "only {moved} nodes moved: the test proves little");
+    eprintln!("moved {moved}, missed {missed}");
+    assert_eq!(stack.len(), m);
+    check_all_present(stack, m);
+}
+
+#[test]
+fn stack_len_counts_pushes_and_pops() {
+    let mut stack = PercpuStack::new();
+    assert!(stack.is_empty());
+    for id in 0..10 {
+        stack.push(Box::new(Node::new(id)));
+    }
+    assert_eq!(stack.len(), 10);
+    let mut popped = 0;
+    while stack.pop().is_some() {
+        popped += 1;
+    }
+    assert_eq!(stack.len(), 10 - popped);
+    assert_eq!(stack.drain().count(), 10 - popped);
+    assert_eq!(stack.len(), 0);
+    assert!(format!("{stack:?}").contains("len: 0"));
+}

@@ -16,7 +16,7 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 
 use cpulocal::percpu::{self, Percpu};
-use cpulocal::{cpu, Counter, CpuLocal, RwLock};
+use cpulocal::{cpu, Counter, CpuLocal, LockedCpuLocal, RwLock};
 
 /// Threads alive at once in the thread tests.
 const THREADS: usize = 10_000;
@@ -134,7 +134,7 @@ fn ten_thousand_threads_count_exactly() {
     let per = common::scaled(200) as u64;
     let counter = Counter::new();
     let shared = CpuLocal::<AtomicU64>::new();
-    let locked = CpuLocal::<u64>::new();
+    let locked = LockedCpuLocal::<u64>::new();
     many_threads(THREADS, |i| {
         for k in 0..per {
             if i % 16 == 0 && k % 50 == 0 {

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cpulocal::CpuLocal;
+use cpulocal::{CpuLocal, LockedCpuLocal};
 use thread_local::ThreadLocal;
 
 use super::Role;
@@ -36,15 +36,15 @@ impl SlotImpl for OursGet {
     }
 }
 
-/// `CpuLocal::<u64>::lock`, a read, and the unlock.
+/// `LockedCpuLocal::<u64>::lock`, a read, and the unlock.
 #[derive(Debug)]
-pub struct OursLock(CpuLocal<u64>);
+pub struct OursLock(LockedCpuLocal<u64>);
 
 impl SlotImpl for OursLock {
-    const NAME: &'static str = "CpuLocal::lock+unlock";
+    const NAME: &'static str = "LockedCpuLocal::lock+unlock";
     const ROLE: Role = Role::Ours;
     fn new() -> Self {
-        OursLock(CpuLocal::new())
+        OursLock(LockedCpuLocal::new())
     }
     #[inline]
     fn access(&self) -> u64 {

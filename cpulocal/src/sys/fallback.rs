@@ -189,4 +189,42 @@ pub(crate) mod rseq {
         // SAFETY: `Area` is uninhabited, so no pointer to one can be valid.
         match *unsafe { area.as_ref() } {}
     }
+
+    /// # Safety
+    /// Never callable: no `Area` exists on this platform.
+    pub(crate) unsafe fn percpu_store_on(
+        area: NonNull<Area>,
+        _base: *mut u8,
+        _cpu: u32,
+        _value: u64,
+    ) -> bool {
+        // SAFETY: `Area` is uninhabited, so no pointer to one can be valid.
+        match *unsafe { area.as_ref() } {}
+    }
+
+    /// # Safety
+    /// Never callable: no `Area` exists on this platform.
+    pub(crate) unsafe fn percpu_cmpeqv_storev_on(
+        area: NonNull<Area>,
+        _base: *mut u8,
+        _cpu: u32,
+        _expect: u64,
+        _newv: u64,
+    ) -> Result<(), Option<u64>> {
+        // SAFETY: `Area` is uninhabited, so no pointer to one can be valid.
+        match *unsafe { area.as_ref() } {}
+    }
+
+    /// # Safety
+    /// Never callable: no `Area` exists on this platform.
+    pub(crate) unsafe fn percpu_cmpnev_storeoffp_load_on(
+        area: NonNull<Area>,
+        _base: *mut u8,
+        _cpu: u32,
+        _expectnot: u64,
+        _off: usize,
+    ) -> Option<u64> {
+        // SAFETY: `Area` is uninhabited, so no pointer to one can be valid.
+        match *unsafe { area.as_ref() } {}
+    }
 }

@@ -550,3 +550,197 @@ pub(crate) unsafe fn percpu_cmpnev_storeoffp_load(
 ) -> (usize, u64) {
     unreachable!("no restartable per-CPU sequences on this architecture")
 }
+
+// CPU-targeted sequences (librseq's `cpu` argument): each starts by checking
+// that the thread runs on CPU `cpu` and leaves through the post-commit label
+// without a store if not. `on` is set in a register just before the body
+// goes on, so a restarted attempt recomputes it.
+
+/// Stores `value` to CPU `cpu`'s `u64` at `base + (cpu << UNIT_SHIFT)` if
+/// the thread runs on `cpu` when the store commits. Returns whether it did.
+///
+/// # Safety
+/// As for [`percpu_add`]; `cpu` must be below the possible-CPU count.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn percpu_store_on(
+    area: NonNull<Area>,
+    base: *mut u8,
+    cpu: u32,
+    value: u64,
+) -> bool {
+    let on: u32;
+    // SAFETY: as for `percpu_add`; the only store is the body's last
+    // instruction, reached only on CPU `cpu`.
+    unsafe {
+        percpu_sequence!(
+            [
+                "xor {on:e}, {on:e}",
+                "mov {tmp:e}, dword ptr [{area} + 4]",
+                "cmp {tmp:e}, {cpu:e}",
+                "jne 7f",
+                "mov {on:e}, 1",
+                "shl {tmp}, cl",
+                "mov qword ptr [{base} + {tmp}], {value}",
+            ],
+            [],
+            area = in(reg) area.as_ptr(),
+            base = in(reg) base,
+            cpu = in(reg) cpu,
+            value = in(reg) value,
+            in("ecx") super::super::unit_shift(),
+            tmp = out(reg) _,
+            on = out(reg) on,
+            options(nostack),
+        );
+    }
+    on != 0
+}
+
+/// [`percpu_cmpeqv_storev`] on CPU `cpu`'s word, if the thread runs on
+/// `cpu`: `Ok(())` if it stored, `Err(Some(actual))` if the word held
+/// `actual` instead of `expect`, `Err(None)` if the thread was elsewhere.
+///
+/// # Safety
+/// As for [`percpu_store_on`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn percpu_cmpeqv_storev_on(
+    area: NonNull<Area>,
+    base: *mut u8,
+    cpu: u32,
+    expect: u64,
+    newv: u64,
+) -> Result<(), Option<u64>> {
+    let on: u32;
+    let actual: u64;
+    // SAFETY: as for `percpu_cmpeqv_storev`, reached only on CPU `cpu`.
+    unsafe {
+        percpu_sequence!(
+            [
+                "xor {on:e}, {on:e}",
+                "mov {tmp:e}, dword ptr [{area} + 4]",
+                "cmp {tmp:e}, {cpu:e}",
+                "jne 7f",
+                "mov {on:e}, 1",
+                "shl {tmp}, cl",
+                "mov {actual}, qword ptr [{base} + {tmp}]",
+                "cmp {actual}, {expect}",
+                "jne 7f",
+                "mov qword ptr [{base} + {tmp}], {newv}",
+            ],
+            [],
+            area = in(reg) area.as_ptr(),
+            base = in(reg) base,
+            cpu = in(reg) cpu,
+            expect = in(reg) expect,
+            newv = in(reg) newv,
+            in("ecx") super::super::unit_shift(),
+            tmp = out(reg) _,
+            on = out(reg) on,
+            actual = out(reg) actual,
+            options(nostack),
+        );
+    }
+    match (on, actual) {
+        (0, _) => Err(None),
+        (_, a) if a == expect => Ok(()),
+        (_, a) => Err(Some(a)),
+    }
+}
+
+/// [`percpu_cmpnev_storeoffp_load`] on CPU `cpu`'s list, if the thread runs
+/// on `cpu`: `Some(head)` (popped iff `head != expectnot`), or `None` if the
+/// thread was elsewhere.
+///
+/// # Safety
+/// As for [`percpu_cmpnev_storeoffp_load`]; `cpu` must be below the
+/// possible-CPU count.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn percpu_cmpnev_storeoffp_load_on(
+    area: NonNull<Area>,
+    base: *mut u8,
+    cpu: u32,
+    expectnot: u64,
+    off: usize,
+) -> Option<u64> {
+    let on: u32;
+    let head: u64;
+    // SAFETY: as for `percpu_cmpnev_storeoffp_load`, reached only on CPU
+    // `cpu`.
+    unsafe {
+        percpu_sequence!(
+            [
+                "xor {on:e}, {on:e}",
+                "mov {tmp:e}, dword ptr [{area} + 4]",
+                "cmp {tmp:e}, {cpu:e}",
+                "jne 7f",
+                "mov {on:e}, 1",
+                "shl {tmp}, cl",
+                "mov {head}, qword ptr [{base} + {tmp}]",
+                "cmp {head}, {expectnot}",
+                "je 7f",
+                "mov {next}, qword ptr [{head} + {off}]",
+                "mov qword ptr [{base} + {tmp}], {next}",
+            ],
+            [],
+            area = in(reg) area.as_ptr(),
+            base = in(reg) base,
+            cpu = in(reg) cpu,
+            expectnot = in(reg) expectnot,
+            off = in(reg) off,
+            in("ecx") super::super::unit_shift(),
+            tmp = out(reg) _,
+            on = out(reg) on,
+            head = out(reg) head,
+            next = out(reg) _,
+            options(nostack),
+        );
+    }
+    (on != 0).then_some(head)
+}
+
+/// Never called: [`HAS_PERCPU_OPS`] is false on this architecture.
+///
+/// # Safety
+/// Must not be called.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) unsafe fn percpu_store_on(
+    _area: NonNull<Area>,
+    _base: *mut u8,
+    _cpu: u32,
+    _value: u64,
+) -> bool {
+    unreachable!("no restartable per-CPU sequences on this architecture")
+}
+
+/// Never called: [`HAS_PERCPU_OPS`] is false on this architecture.
+///
+/// # Safety
+/// Must not be called.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) unsafe fn percpu_cmpeqv_storev_on(
+    _area: NonNull<Area>,
+    _base: *mut u8,
+    _cpu: u32,
+    _expect: u64,
+    _newv: u64,
+) -> Result<(), Option<u64>> {
+    unreachable!("no restartable per-CPU sequences on this architecture")
+}
+
+/// Never called: [`HAS_PERCPU_OPS`] is false on this architecture.
+///
+/// # Safety
+/// Must not be called.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) unsafe fn percpu_cmpnev_storeoffp_load_on(
+    _area: NonNull<Area>,
+    _base: *mut u8,
+    _cpu: u32,
+    _expectnot: u64,
+    _off: usize,
+) -> Option<u64> {
+    unreachable!("no restartable per-CPU sequences on this architecture")
+}
