@@ -134,6 +134,7 @@ impl Env for Model {
     const ENTER_CENTRAL_BELOW: u64 = u64::MAX;
     const LEAVE_CENTRAL_ABOVE: u64 = 0;
     const CENTRAL_CHECK: u32 = 1;
+    const FENCE_NS: u64 = 5;
 
     fn count_lock(&self) {
         self.locks[next_slot()].fetch_add(1, Ordering::Relaxed);

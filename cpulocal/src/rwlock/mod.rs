@@ -144,6 +144,7 @@ impl Env for Cpus {
     const ENTER_CENTRAL_BELOW: u64 = 16;
     const LEAVE_CENTRAL_ABOVE: u64 = 64;
     const CENTRAL_CHECK: u32 = 8;
+    const FENCE_NS: u64 = 5;
 
     #[inline(always)]
     fn count_lock(&self) {

@@ -92,6 +92,9 @@ pub(crate) trait Env {
     const LEAVE_CENTRAL_ABOVE: u64;
     /// Central writes walk the counts (to count reads) once in this many.
     const CENTRAL_CHECK: u32;
+    /// What a reader's full fence costs, in nanoseconds (for weighing
+    /// fenced reads against heavy barriers).
+    const FENCE_NS: u64;
 
     /// Adds one to the lock count of the slot the caller is on. Needs no
     /// ordering of its own.
@@ -159,7 +162,7 @@ struct Cold {
     /// Writes in the central mode since the counts were last walked.
     central_writes: AtomicU32,
     /// What the write in progress decided readers do after it: KEEP,
-    /// TO_CENTRAL or FROM_CENTRAL.
+    /// TO_CENTRAL, FROM_CENTRAL or TO_UNFENCED.
     next_mode: AtomicU32,
 }
 
@@ -177,6 +180,16 @@ enum Blocked {
 const KEEP: u32 = 0;
 const TO_CENTRAL: u32 = 1;
 const FROM_CENTRAL: u32 = 2;
+const TO_UNFENCED: u32 = 3;
+
+/// A fenced write switches readers back to the unfenced path once their
+/// fences since the previous write cost more than this many heavy
+/// barriers (the barrier interrupts every running CPU besides the
+/// writer's: on 2 CPUs, twice its cost to the writer).
+const UNFENCE_FACTOR: u64 = 2;
+/// The heavy barrier's cost assumed before one has been timed, in
+/// nanoseconds (a `membarrier` here costs 0.4 to 3 microseconds).
+const DEFAULT_HEAVY_NS: u64 = 2_000;
 
 /// The lock without its data. See the [module docs](self).
 pub(crate) struct RawRwLock<E> {
@@ -559,6 +572,7 @@ impl<E: Env> RawRwLock<E> {
         let (set, clear) = match self.cold.next_mode.swap(KEEP, Relaxed) {
             TO_CENTRAL => (CENTRAL, 0),
             FROM_CENTRAL => (0, CENTRAL),
+            TO_UNFENCED => (0, FENCED),
             _ => (0, 0),
         };
         let clear = WRITER | SLEEPERS | clear;
@@ -756,9 +770,22 @@ impl<E: Env> RawRwLock<E> {
         };
         let reads = locks.wrapping_sub(cold.last_locks.load(Relaxed)) / writes;
         cold.last_locks.store(locks, Relaxed);
+        // What the fence cost the readers since the last write, against
+        // what a heavy barrier costs (itself, and an interrupt on every
+        // CPU): past UNFENCE_FACTOR times that, unfenced readers and a
+        // barrier per write are cheaper.
+        let heavy = cold.heavy_cost.load(Relaxed).max(DEFAULT_HEAVY_NS);
+        let fence_cost = reads.saturating_mul(E::FENCE_NS);
         let next = match how {
             Blocked::Central if reads > E::LEAVE_CENTRAL_ABOVE => FROM_CENTRAL,
             Blocked::Fenced if reads < E::ENTER_CENTRAL_BELOW => TO_CENTRAL,
+            Blocked::Fenced
+                if fence_cost > UNFENCE_FACTOR.saturating_mul(heavy)
+                    && self.hot.state.load(Relaxed) & NO_BARRIER == 0
+                    && env.has_heavy_barrier() =>
+            {
+                TO_UNFENCED
+            }
             _ => KEEP,
         };
         cold.next_mode.store(next, Relaxed);
