@@ -318,41 +318,7 @@ fn rseq_area_unregistered_behind_our_back() {
 /// the threads it starts from now on (a seccomp filter, as a sandbox might
 /// install).
 fn refuse_rseq() {
-    #[repr(C)]
-    struct Insn {
-        code: u16,
-        jt: u8,
-        jf: u8,
-        k: u32,
-    }
-    #[repr(C)]
-    struct Prog {
-        len: u16,
-        filter: *const Insn,
-    }
-    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
-    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
-    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-    const PR_SET_NO_NEW_PRIVS: libc::c_int = 38;
-    const PR_SET_SECCOMP: libc::c_int = 22;
-    let filter = [
-        Insn { code: LD_W_ABS, jt: 0, jf: 0, k: 0 }, // seccomp_data.nr
-        Insn { code: JEQ_K, jt: 0, jf: 1, k: libc::SYS_rseq as u32 },
-        Insn { code: RET_K, jt: 0, jf: 0, k: libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32 },
-        Insn { code: RET_K, jt: 0, jf: 0, k: libc::SECCOMP_RET_ALLOW },
-    ];
-    let prog = Prog { len: filter.len() as u16, filter: filter.as_ptr() };
-    // SAFETY: prctl with a valid, live filter program; it only restricts
-    // this thread (and its future children threads).
-    unsafe {
-        assert_eq!(libc::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
-        assert_eq!(
-            libc::prctl(PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const Prog),
-            0,
-            "installing the seccomp filter: {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    common::refuse_syscalls(&[libc::SYS_rseq]);
 }
 
 /// rseq refused by the kernel from the start (a seccomp filter), with

@@ -171,6 +171,7 @@ mod stress {
     /// Kept equal by writers, which break the equality for a while inside
     /// their critical section; only a reader or writer that overlaps a
     /// writer can see them differ.
+    #[derive(Debug)]
     struct Pair {
         a: u64,
         b: u64,
@@ -461,5 +462,100 @@ mod stress {
             drop(guard);
             assert_eq!(reader.join().unwrap(), 0);
         });
+    }
+
+    /// Two reader threads and the calling thread as writer, `rounds` writes,
+    /// every critical section checking [`Pair`].
+    fn readers_and_a_writer(lock: &RwLock<Pair>, rounds: usize) {
+        /// Stops the readers however the writer leaves (a panic included).
+        struct Done<'a>(&'a AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let done = AtomicBool::new(false);
+        thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    while !done.load(Ordering::Relaxed) {
+                        check(&lock.read(), "reader");
+                    }
+                });
+            }
+            let _done = Done(&done);
+            for _ in 0..rounds {
+                write(&mut lock.write());
+                pause(256);
+            }
+        });
+    }
+
+    /// `membarrier` refused by a seccomp filter from the start: the lock's
+    /// readers fence for good, and readers and writers stay apart.
+    #[test]
+    fn membarrier_refused_from_the_start() {
+        if !common::is_child() {
+            common::in_child("stress::membarrier_refused_from_the_start", &[]);
+            return;
+        }
+        // SAFETY: alarm has no preconditions; a hang fails the child.
+        unsafe { libc::alarm(60) };
+        common::refuse_syscalls(&[libc::SYS_membarrier]);
+        let lock = RwLock::new(Pair { a: 0, b: 0 });
+        for _ in 0..1000 {
+            check(&lock.read(), "reader");
+        }
+        assert!(format!("{lock:?}").contains(r#"readers: "always fence""#), "{lock:?}");
+        readers_and_a_writer(&lock, common::scaled(2_000));
+        assert_eq!(check(&lock.read(), "reader"), common::scaled(2_000) as u64);
+    }
+
+    /// `membarrier` refused after readers began to skip their fence (a
+    /// seccomp filter installed later, in the writer's thread): where page
+    /// protection interrupts every CPU it stands in, and writes go on;
+    /// with it refused too (`mprotect`), nothing can tell whether an
+    /// unfenced reader is inside, so that write panics, the lock fences
+    /// its readers for good, and later writes succeed.
+    #[test]
+    fn membarrier_refused_after_readers_rely_on_it() {
+        if !common::is_child() {
+            common::in_child("stress::membarrier_refused_after_readers_rely_on_it", &[]);
+            return;
+        }
+        // SAFETY: alarm has no preconditions; a hang fails the child.
+        unsafe { libc::alarm(60) };
+        let unfenced = || {
+            let lock = RwLock::new(Pair { a: 0, b: 0 });
+            for _ in 0..1000 {
+                check(&lock.read(), "reader");
+            }
+            assert!(format!("{lock:?}").contains(r#"readers: "no fence""#), "{lock:?}");
+            lock
+        };
+        let first = unfenced();
+        let second = unfenced();
+        common::refuse_syscalls(&[libc::SYS_membarrier]);
+        let trusted = std::fs::read_to_string("/proc/cpuinfo")
+            .is_ok_and(|c| c.contains("GenuineIntel") || c.contains("AuthenticAMD"))
+            && !std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains(" invlpgb"));
+        if trusted {
+            readers_and_a_writer(&first, common::scaled(500));
+        }
+        common::refuse_syscalls(&[libc::SYS_mprotect]);
+        let refused = std::panic::catch_unwind(|| drop(second.write()));
+        let message = refused.expect_err("a write with no barrier left must fail");
+        let message = message
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| message.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        assert!(message.contains("no longer available"), "{message}");
+        assert!(format!("{second:?}").contains(r#"readers: "always fence""#), "{second:?}");
+        // (No new threads here: std guards their stacks with mprotect.)
+        for _ in 0..3 {
+            write(&mut second.write());
+        }
+        assert_eq!(check(&second.read(), "reader"), 3);
     }
 }

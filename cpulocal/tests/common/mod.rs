@@ -148,3 +148,53 @@ pub fn signal_until(target: libc::pthread_t, done: &AtomicBool, handled: &Atomic
         }
     }
 }
+
+/// Makes the system calls `nrs` fail with ENOSYS for the calling thread and
+/// the threads it starts from now on (a seccomp filter, as a sandbox might
+/// install).
+pub fn refuse_syscalls(nrs: &[libc::c_long]) {
+    #[repr(C)]
+    struct Insn {
+        code: u16,
+        jt: u8,
+        jf: u8,
+        k: u32,
+    }
+    #[repr(C)]
+    struct Prog {
+        len: u16,
+        filter: *const Insn,
+    }
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const PR_SET_NO_NEW_PRIVS: libc::c_int = 38;
+    const PR_SET_SECCOMP: libc::c_int = 22;
+    // Load the call number; for each refused one, a match jumps to the
+    // ENOSYS return just past the list; no match falls through to ALLOW.
+    let n = nrs.len();
+    let mut filter = vec![Insn { code: LD_W_ABS, jt: 0, jf: 0, k: 0 }]; // seccomp_data.nr
+    for (i, &nr) in nrs.iter().enumerate() {
+        let to_refuse = (n - i) as u8; // skips the rest and the ALLOW
+        filter.push(Insn { code: JEQ_K, jt: to_refuse, jf: 0, k: nr as u32 });
+    }
+    filter.push(Insn { code: RET_K, jt: 0, jf: 0, k: libc::SECCOMP_RET_ALLOW });
+    filter.push(Insn {
+        code: RET_K,
+        jt: 0,
+        jf: 0,
+        k: libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+    });
+    let prog = Prog { len: filter.len() as u16, filter: filter.as_ptr() };
+    // SAFETY: prctl with a valid, live filter program; it only restricts
+    // this thread (and the threads it starts later).
+    unsafe {
+        assert_eq!(libc::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        assert_eq!(
+            libc::prctl(PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const Prog),
+            0,
+            "installing the seccomp filter: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
