@@ -139,8 +139,8 @@ thread_local! {
 }
 
 impl Env for Cpus {
-    const SPINS: u32 = 12;
-    const YIELDS: u32 = 4;
+    const SPINS: u32 = 6;
+    const YIELDS: u32 = 8;
     const ENTER_CENTRAL_BELOW: u64 = 16;
     const LEAVE_CENTRAL_ABOVE: u64 = 64;
     const CENTRAL_CHECK: u32 = 8;
