@@ -256,7 +256,6 @@ impl fmt::Debug for PercpuRef<'_> {
 /// one publishes its allocation and the others free theirs, so every
 /// thread sees the same zero-filled copies. A failed allocation is not
 /// remembered: the next use tries again.
-#[allow(dead_code)] // until the const constructors use it
 pub(crate) struct LazyPercpu {
     /// Slot 0's copy, or null until allocated.
     ptr0: AtomicPtr<u8>,
@@ -264,7 +263,6 @@ pub(crate) struct LazyPercpu {
     align: usize,
 }
 
-#[allow(dead_code)]
 impl LazyPercpu {
     /// `size` bytes aligned to `align` per CPU, allocated on first use.
     /// Invalid sizes or alignments are reported by [`get_or_alloc`].
@@ -318,6 +316,7 @@ impl LazyPercpu {
     }
 
     /// The size of each CPU's copy, in bytes.
+    #[allow(dead_code)] // kept for the typed lazy layers to come
     pub(crate) fn size(&self) -> usize {
         self.size
     }
