@@ -6,6 +6,10 @@
 //! - [`Counter`]: a per-CPU event counter whose `add` is a restartable
 //!   sequence (a plain `add`, no lock prefix) on Linux x86_64.
 //! - [`xcall`]: run a function on a chosen CPU.
+//! - [`evcnt`]: event counters by group and name (NetBSD's evcnt(9)), read
+//!   as a `vmstat -e` table, as Prometheus text, over HTTP (feature `http`),
+//!   through the `metrics` facade (feature `metrics`), or from another
+//!   process with `cpulocal stat PID`.
 //!
 //! ```
 //! use cpulocal::Counter;
@@ -21,6 +25,7 @@ mod arena;
 mod counter;
 pub mod cpu;
 mod cpu_local;
+pub mod evcnt;
 pub mod ops;
 pub mod percpu;
 mod region;
