@@ -61,6 +61,7 @@ struct Metrics {
 /// The recorder [`Recorder::install`] made global.
 static INSTALLED: OnceLock<&'static Recorder> = OnceLock::new();
 
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 pub(super) fn installed() -> Option<&'static Recorder> {
     INSTALLED.get().copied()
 }
