@@ -158,7 +158,13 @@ pub fn main(args: &[String]) -> Result<(), StatError> {
 
 fn write_header(out: &mut impl Write, e: &Exported, every: Option<Duration>) -> io::Result<()> {
     let age = e.snapshot.taken.elapsed().unwrap_or_default();
-    write!(out, "process {}: {} counters, read {:.1} s ago", e.pid, e.snapshot.events.len(), age.as_secs_f64())?;
+    write!(
+        out,
+        "process {}: {} counters, read {:.1} s ago",
+        e.pid,
+        e.snapshot.events.len(),
+        age.as_secs_f64()
+    )?;
     match every {
         Some(d) => writeln!(out, ", every {} s", d.as_secs_f64()),
         None => writeln!(out),
@@ -176,7 +182,15 @@ mod tests {
     #[test]
     fn parses_the_options() {
         let a = parse(&args("42 --interval 0.5 --once")).unwrap().unwrap();
-        assert_eq!(a, StatArgs { pid: 42, interval: Duration::from_millis(500), once: true, prometheus: false });
+        assert_eq!(
+            a,
+            StatArgs {
+                pid: 42,
+                interval: Duration::from_millis(500),
+                once: true,
+                prometheus: false
+            }
+        );
         let a = parse(&args("--prometheus --interval=2 7")).unwrap().unwrap();
         assert_eq!((a.pid, a.interval, a.prometheus), (7, Duration::from_secs(2), true));
         assert!(parse(&args("--help")).unwrap().is_none());
@@ -184,7 +198,17 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        for bad in ["", "abc", "0", "1 2", "1 --interval", "1 --interval 0", "1 --interval x", "1 --bogus", "1 --once=yes"] {
+        for bad in [
+            "",
+            "abc",
+            "0",
+            "1 2",
+            "1 --interval",
+            "1 --interval 0",
+            "1 --interval x",
+            "1 --bogus",
+            "1 --once=yes",
+        ] {
             assert!(matches!(parse(&args(bad)), Err(StatError::Usage(_))), "{bad:?} was accepted");
         }
     }

@@ -26,7 +26,8 @@ pub type Op<'r> = Box<dyn FnMut() + 'r>;
 
 /// Measures one cell: a name, a thread count, and how each thread builds
 /// its operation.
-pub type Measure<'a> = &'a dyn for<'r> Fn(&str, usize, &(dyn Fn(usize) -> Op<'r> + Sync + 'r)) -> Stats;
+pub type Measure<'a> =
+    &'a dyn for<'r> Fn(&str, usize, &(dyn Fn(usize) -> Op<'r> + Sync + 'r)) -> Stats;
 
 /// Runs the workload; `measure` is the report's measuring loop.
 pub fn run(wl: &Workload, plan: &Plan, measure: Measure<'_>) -> WorkloadReport {
@@ -46,11 +47,10 @@ pub fn run(wl: &Workload, plan: &Plan, measure: Measure<'_>) -> WorkloadReport {
     w.summarize_throughput();
     w.goal_faster(OURS, PEER, 1.0, plan.threads.iter().copied().find(|&t| t > 1));
     let mut text = Vec::new();
-    let counted = ours
-        .write_prometheus(&mut text)
-        .ok()
-        .and_then(|()| String::from_utf8(text).ok())
-        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("bench_requests ")?.parse::<u64>().ok()));
+    let counted =
+        ours.write_prometheus(&mut text).ok().and_then(|()| String::from_utf8(text).ok()).and_then(
+            |t| t.lines().find_map(|l| l.strip_prefix("bench_requests ")?.parse::<u64>().ok()),
+        );
     if counted != Some(ours_ops) {
         w.notes.push(format!("{OURS}: counted {counted:?} after {ours_ops} increments"));
     }

@@ -535,7 +535,13 @@ fn write_file(path: &Path, start: u64, period: Duration) -> io::Result<()> {
     write_private(path, |f| f.write_all(&bytes))
 }
 
-fn export_loop(path: &Path, want: &Path, start: u64, period: Duration, stop: &(Mutex<bool>, Condvar)) {
+fn export_loop(
+    path: &Path,
+    want: &Path,
+    start: u64,
+    period: Duration,
+    stop: &(Mutex<bool>, Condvar),
+) {
     let (lock, wake) = stop;
     let mut stopped = lock.lock().unwrap_or_else(PoisonError::into_inner);
     while !*stopped {

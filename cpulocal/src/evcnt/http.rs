@@ -58,7 +58,8 @@ pub fn serve<A: ToSocketAddrs>(addr: A) -> io::Result<Server> {
 }
 
 fn respond(request: tiny_http::Request) -> io::Result<()> {
-    let header = |v: &str| tiny_http::Header::from_bytes("Content-Type", v).expect("a valid header");
+    let header =
+        |v: &str| tiny_http::Header::from_bytes("Content-Type", v).expect("a valid header");
     let path = request.url().split('?').next().unwrap_or_default();
     if path != "/metrics" {
         let reply = tiny_http::Response::from_string("not found; try /metrics\n")

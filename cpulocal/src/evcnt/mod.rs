@@ -117,8 +117,8 @@ impl Entry {
         // SAFETY: a non-null `words` is the counter's 8-byte, 8-aligned,
         // zeroed per-CPU allocation; callers hold the registry lock or the
         // counter itself, either of which keeps it from being freed.
-        let words = ptr::NonNull::new(self.words.load(Ordering::Acquire))
-            .map(|p| unsafe { Words::new(p) });
+        let words =
+            ptr::NonNull::new(self.words.load(Ordering::Acquire)).map(|p| unsafe { Words::new(p) });
         words.map_or(0, Words::sum).wrapping_add(fallback)
     }
 }
@@ -618,7 +618,8 @@ impl Snapshot {
     pub fn write_prometheus<W: Write>(&self, mut out: W) -> io::Result<()> {
         use fmt::Write as _;
         let mut buf = String::new();
-        let _ = writeln!(buf, "# HELP {PROMETHEUS_FAMILY} Event counters (evcnt) by group and name.");
+        let _ =
+            writeln!(buf, "# HELP {PROMETHEUS_FAMILY} Event counters (evcnt) by group and name.");
         let _ = writeln!(buf, "# TYPE {PROMETHEUS_FAMILY} counter");
         let mut i = 0;
         while i < self.events.len() {
