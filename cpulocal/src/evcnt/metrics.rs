@@ -46,7 +46,9 @@ const BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 
 /// assert!(text.contains("latency_seconds_bucket{le=\"0.025\"} 1\n"));
 /// ```
 pub struct Recorder {
-    metrics: RwLock<Metrics>,
+    /// Boxed: the lock and maps are large, and a `Recorder` moves (into
+    /// `install`'s error, for one).
+    metrics: Box<RwLock<Metrics>>,
 }
 
 #[derive(Default)]
@@ -91,7 +93,7 @@ impl Recorder {
     /// # drop(recorder);
     /// ```
     pub fn try_new() -> Result<Recorder, AllocError> {
-        Ok(Recorder { metrics: RwLock::try_new(Metrics::default())? })
+        Ok(Recorder { metrics: Box::new(RwLock::try_new(Metrics::default())?) })
     }
 
     /// Makes this the process's global recorder, for the `metrics` macros

@@ -571,9 +571,8 @@ impl Snapshot {
                 (event, total, rate, kind)
             })
             .collect();
-        let width = |f: &dyn Fn(&(String, String, Option<String>, &str)) -> usize, min| {
-            rows.iter().map(f).max().unwrap_or(0).max(min)
-        };
+        type Row<'a> = (String, String, Option<String>, &'a str);
+        let width = |f: &dyn Fn(&Row) -> usize, min| rows.iter().map(f).max().unwrap_or(0).max(min);
         let ew = width(&|r| r.0.chars().count(), "event".len());
         let tw = width(&|r| r.1.len(), "total".len());
         let rw = width(&|r| r.2.as_ref().map_or(0, String::len), "rate".len());
