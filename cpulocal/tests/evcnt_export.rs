@@ -53,10 +53,11 @@ proptest! {
     }
 
     #[test]
-    fn every_truncation_is_rejected(e in exported(), cut in any::<prop::sample::Index>()) {
+    fn every_truncation_is_rejected(e in exported()) {
         let bytes = e.encode();
-        let cut = cut.index(bytes.len()); // strictly shorter
-        prop_assert!(Exported::parse(&bytes[..cut]).is_err(), "accepted {} of {} bytes", cut, bytes.len());
+        for cut in 0..bytes.len() {
+            prop_assert!(Exported::parse(&bytes[..cut]).is_err(), "accepted {} of {} bytes", cut, bytes.len());
+        }
     }
 
     #[test]
