@@ -1,12 +1,12 @@
 //! [`Counter`]: a per-CPU event counter (NetBSD's per-CPU evcnt).
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use crate::cpu;
-use crate::ops::Words;
-use crate::percpu::{AllocError, LazyPercpu};
+use crate::ops::{LazyWords, Words};
+use crate::percpu::AllocError;
 
 /// A counter whose updates touch only the current CPU's 8 bytes.
 ///
@@ -45,14 +45,20 @@ use crate::percpu::{AllocError, LazyPercpu};
 /// are full, or the system refuses memory), nothing panics: the update goes
 /// to a single atomic word inside the counter instead, and the next update
 /// tries to allocate again. [`sum`](Self::sum) includes that word;
-/// [`alloc_failed`](Self::alloc_failed) tells that it was used, and
-/// [`try_init`](Self::try_init) allocates up front and returns the error.
+/// [`alloc_failed`](Self::alloc_failed) tells that it holds part of the
+/// count, and [`try_init`](Self::try_init) allocates up front and returns
+/// the error.
+///
+/// A `Counter` itself is 16 bytes: the words' address and the fallback
+/// word.
+///
+/// ```
+/// assert!(std::mem::size_of::<cpulocal::Counter>() <= 16);
+/// ```
 pub struct Counter {
-    words: LazyPercpu,
+    words: LazyWords,
     /// What was counted while the per-CPU words could not be allocated.
     fallback: AtomicU64,
-    /// Whether `fallback` was ever used.
-    failed: AtomicBool,
 }
 
 /// Serializes [`Counter::set`] and [`Counter::swap`] on every counter, so
@@ -69,11 +75,7 @@ impl Counter {
     /// assert_eq!(ERRORS.sum(), 0);
     /// ```
     pub const fn new() -> Counter {
-        Counter {
-            words: LazyPercpu::new(8, 8),
-            fallback: AtomicU64::new(0),
-            failed: AtomicBool::new(false),
-        }
+        Counter { words: LazyWords::new(), fallback: AtomicU64::new(0) }
     }
 
     /// A counter at zero with its per-CPU words allocated now, or the reason
@@ -110,8 +112,9 @@ impl Counter {
         self.words.get_or_alloc().map(drop)
     }
 
-    /// Whether an update ever went to the fallback word because the per-CPU
-    /// words could not be allocated.
+    /// Whether part of the count sits in the fallback word, because the
+    /// per-CPU words could not be allocated when it was added (see the
+    /// [type docs](Counter#when-per-cpu-memory-cannot-be-had)).
     ///
     /// ```
     /// let c = cpulocal::Counter::new();
@@ -119,7 +122,7 @@ impl Counter {
     /// assert!(!c.alloc_failed());
     /// ```
     pub fn alloc_failed(&self) -> bool {
-        self.failed.load(Ordering::Relaxed)
+        self.fallback.load(Ordering::Relaxed) != 0
     }
 
     /// Adds `n` (wrapping) to the current CPU's count.
@@ -133,9 +136,7 @@ impl Counter {
     #[inline]
     pub fn add(&self, n: u64) {
         match self.words.get() {
-            // SAFETY: `ptr0` is the published 8-byte, 8-aligned, zeroed
-            // allocation, freed only when `self` is dropped.
-            Some(ptr0) => unsafe { Words::new(ptr0) }.add(n),
+            Some(words) => words.add(n),
             None => self.add_slow(n),
         }
     }
@@ -144,10 +145,8 @@ impl Counter {
     #[inline(never)]
     fn add_slow(&self, n: u64) {
         match self.words.get_or_alloc() {
-            // SAFETY: as in `add`.
-            Ok(ptr0) => unsafe { Words::new(ptr0) }.add(n),
+            Ok(words) => words.add(n),
             Err(_) => {
-                self.failed.store(true, Ordering::Relaxed);
                 self.fallback.fetch_add(n, Ordering::Relaxed);
             }
         }
@@ -180,8 +179,7 @@ impl Counter {
 
     #[inline]
     fn words(&self) -> Option<Words> {
-        // SAFETY: as in `add`.
-        self.words.get().map(|ptr0| unsafe { Words::new(ptr0) })
+        self.words.get()
     }
 
     /// The total over every CPU. Updates racing with it are either in it or

@@ -270,6 +270,51 @@ impl Words {
     }
 }
 
+/// Per-CPU words allocated on first use, for `const` constructors: only the
+/// base pointer, 8 bytes, since the size is known ([`Counter`] holds one).
+///
+/// [`Counter`]: crate::Counter
+pub(crate) struct LazyWords {
+    /// Slot 0's word, or null until allocated (see
+    /// [`publish_lazily`](crate::percpu::publish_lazily)).
+    ptr0: AtomicPtr<u8>,
+}
+
+impl LazyWords {
+    pub(crate) const fn new() -> LazyWords {
+        LazyWords { ptr0: AtomicPtr::new(ptr::null_mut()) }
+    }
+
+    /// The words, if allocated: one load (plain on x86-64) and a test. The
+    /// acquire pairs with the publishing exchange, so the zeroes are seen.
+    #[inline(always)]
+    pub(crate) fn get(&self) -> Option<Words> {
+        // SAFETY: a published pointer is an 8-byte, 8-aligned, zeroed
+        // per-CPU allocation, freed only when `self` is dropped.
+        NonNull::new(self.ptr0.load(Ordering::Acquire)).map(|p| unsafe { Words::new(p) })
+    }
+
+    /// The words, allocating them on first use.
+    pub(crate) fn get_or_alloc(&self) -> Result<Words, AllocError> {
+        if let Some(words) = self.get() {
+            return Ok(words);
+        }
+        let ptr0 = crate::percpu::publish_lazily(&self.ptr0, 8, 8)?;
+        // SAFETY: as in `get`.
+        Ok(unsafe { Words::new(ptr0) })
+    }
+}
+
+impl Drop for LazyWords {
+    fn drop(&mut self) {
+        if let Some(ptr0) = NonNull::new(*self.ptr0.get_mut()) {
+            // SAFETY: published by `publish_lazily(.., 8, 8)`; `&mut self`
+            // means no word is in use any more.
+            unsafe { crate::percpu::free_published(ptr0, 8) };
+        }
+    }
+}
+
 impl Default for PercpuU64 {
     fn default() -> Self {
         PercpuU64::new()
