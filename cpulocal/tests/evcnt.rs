@@ -171,6 +171,22 @@ fn export_child() {
     std::mem::forget(exporter); // only exit may remove it now
     let mut line = String::new();
     std::io::stdin().read_line(&mut line).unwrap();
+    if line.trim() == "fork" {
+        // A child forked from the exporter exits normally: its exit must
+        // leave the parent's file alone.
+        // SAFETY: the child only calls `exit`, which runs the atexit hooks.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: ends the forked child.
+            unsafe { libc::exit(0) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        println!("FORKED");
+        line.clear();
+        std::io::stdin().read_line(&mut line).unwrap();
+    }
     if line.trim() == "exit" {
         std::process::exit(0); // a normal exit: atexit removes the file
     }
@@ -196,10 +212,27 @@ fn spawn_child() -> (std::process::Child, std::path::PathBuf) {
         }
     };
     // Keep reading what the child prints, so that it never writes to a
-    // closed pipe.
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    // closed pipe; "FORKED" lines are passed on.
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            if line.contains("FORKED") {
+                let _ = FORKED.0.lock().unwrap().send(());
+            }
+        }
+    });
     (child, path)
 }
+
+type Forked = (
+    std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+    std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+);
+
+/// Every child's "FORKED" line (only one test forks).
+static FORKED: std::sync::LazyLock<Forked> = std::sync::LazyLock::new(|| {
+    let (tx, rx) = std::sync::mpsc::channel();
+    (std::sync::Mutex::new(tx), std::sync::Mutex::new(rx))
+});
 
 #[test]
 fn an_exporting_child_is_read_then_its_file_is_removed_at_exit() {
@@ -216,6 +249,22 @@ fn an_exporting_child_is_read_then_its_file_is_removed_at_exit() {
     assert!(child.wait().unwrap().success());
     assert!(!path.exists(), "{} left behind after a normal exit", path.display());
     assert!(matches!(evcnt::read_export(child.id(), None), Err(ExportError::NotExported { .. })));
+}
+
+#[test]
+fn a_forked_child_exiting_leaves_the_parents_file() {
+    let (mut child, path) = spawn_child();
+    let mut stdin = child.stdin.take().unwrap();
+    use std::io::Write;
+    stdin.write_all(b"fork\n").unwrap();
+    // The child says FORKED once its forked child has exited.
+    let forked = FORKED.1.lock().unwrap().recv_timeout(Duration::from_secs(120));
+    assert!(forked.is_ok(), "the child never forked");
+    assert!(path.exists(), "a forked child's exit removed its parent's export file");
+    assert!(evcnt::read_export(child.id(), None).is_ok());
+    stdin.write_all(b"exit\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(!path.exists());
 }
 
 #[test]

@@ -32,6 +32,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, UNIX_EPOCH};
@@ -372,12 +373,6 @@ impl From<io::Error> for ExportError {
 pub fn read_export(pid: u32, interval: Option<Duration>) -> Result<Exported, ExportError> {
     let dir = runtime_dir()?;
     let path = dir.join(file_name(pid));
-    if let Some(interval) = interval {
-        // Best effort: without it the exporter's own period applies.
-        let _ = write_private(&dir.join(format!("{}.want", file_name(pid))), |f| {
-            write!(f, "{}", interval.as_millis())
-        });
-    }
     let mut file = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -405,7 +400,15 @@ pub fn read_export(pid: u32, interval: Option<Duration>) -> Result<Exported, Exp
         Some(start) if start != exported.start => {
             stale(format!("process {pid} is not the one that wrote it (it was restarted)"))
         }
-        Some(_) => Ok(exported),
+        Some(_) => {
+            if let Some(interval) = interval {
+                // Best effort: without it the exporter's own period applies.
+                let _ = write_private(&dir.join(format!("{}.want", file_name(pid))), |f| {
+                    write!(f, "{}", interval.as_millis())
+                });
+            }
+            Ok(exported)
+        }
     }
 }
 
@@ -435,15 +438,26 @@ fn write_private(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) ->
 /// The export in progress, if any: its file, removed at exit.
 struct Published {
     path: PathBuf,
+    /// The process that exports: a child forked from it must not remove
+    /// its parent's file when it exits.
+    pid: u32,
     /// Set at exit: write nothing more.
     exiting: bool,
 }
 
 static PUBLISHED: Mutex<Option<Published>> = Mutex::new(None);
 
+/// The pid of the exporting process (0: none), checked at exit before
+/// taking any lock: a child forked while the exporter thread held
+/// [`PUBLISHED`] must neither wait for it nor remove its parent's file.
+static EXPORTER_PID: AtomicU32 = AtomicU32::new(0);
+
 extern "C" fn remove_at_exit() {
+    if EXPORTER_PID.load(Ordering::Relaxed) != std::process::id() {
+        return;
+    }
     let mut published = PUBLISHED.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(p) = published.as_mut() {
+    if let Some(p) = published.as_mut().filter(|p| p.pid == std::process::id()) {
         p.exiting = true;
         let _ = fs::remove_file(&p.path);
     }
@@ -506,7 +520,8 @@ pub fn export_every(period: Duration) -> io::Result<Exporter> {
         }
         let _ = fs::remove_file(&want);
         write_file(&path, start, period)?;
-        *published = Some(Published { path: path.clone(), exiting: false });
+        *published = Some(Published { path: path.clone(), pid, exiting: false });
+        EXPORTER_PID.store(pid, Ordering::Relaxed);
     }
     static AT_EXIT: std::sync::Once = std::sync::Once::new();
     // SAFETY: `remove_at_exit` is a plain function that only takes a lock
@@ -579,6 +594,7 @@ fn wanted(want: &Path) -> Option<Duration> {
 fn unpublish(path: &Path, want: &Path) {
     let mut published = PUBLISHED.lock().unwrap_or_else(PoisonError::into_inner);
     *published = None;
+    EXPORTER_PID.store(0, Ordering::Relaxed);
     let _ = fs::remove_file(path);
     let _ = fs::remove_file(want);
 }
