@@ -40,7 +40,13 @@ fn metrics_endpoint_serves_the_registry() {
     }
     let addr = server.local_addr();
     drop(server);
-    assert!(std::net::TcpStream::connect(addr).is_err(), "still listening after drop");
+    // tiny_http closes its listener from its own accept thread, just after
+    // the drop: wait (up to a minute on a loaded machine) for it to go.
+    let closed = (0..600).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::net::TcpStream::connect(addr).is_err()
+    });
+    assert!(closed, "still listening after drop");
 }
 
 #[cfg(feature = "metrics")]
