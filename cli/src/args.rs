@@ -11,6 +11,7 @@ use std::time::Duration;
 /// What `--help` prints.
 pub const USAGE: &str = "\
 Usage: cpulocal [bench] [OPTIONS]
+       cpulocal stat PID [--interval SECS] [--once] [--prometheus]
 
 Runs every workload against every peer on this machine and prints one table
 per workload on stdout (a progress bar with the time left goes to stderr).
@@ -162,6 +163,8 @@ pub enum Command {
     Version,
     /// List the workloads.
     List,
+    /// `cpulocal stat`, with the arguments after `stat` (see [`crate::stat`]).
+    Stat(Vec<String>),
     /// Hidden: measure one side of the memory workload in this process.
     MemChild {
         /// Ours or the per-thread peer.
@@ -197,6 +200,9 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Command, Usage
     let args: Vec<String> = args_iter(argv).collect::<Result<_, _>>()?;
     if args.first().map(String::as_str) == Some("mem-child") {
         return parse_mem_child(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("stat") {
+        return Ok(Command::Stat(args[1..].to_vec()));
     }
     let mut bench = BenchArgs::default();
     let mut mode: Option<&'static str> = None;

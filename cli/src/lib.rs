@@ -19,6 +19,7 @@ pub mod peers;
 pub mod periodic;
 pub mod plot;
 pub mod report;
+pub mod stat;
 pub mod workloads;
 
 use std::ffi::OsString;
@@ -54,6 +55,10 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
             std::process::exit(memory::child(kind, counters, threads).into())
         }
         Command::Bench(b) => bench(b),
+        Command::Stat(rest) => stat::main(&rest).map_err(|e| match e {
+            stat::StatError::Usage(m) => Failure::Usage(UsageError(m)),
+            stat::StatError::Run(m) => Failure::Run(m),
+        }),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

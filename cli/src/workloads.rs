@@ -256,6 +256,12 @@ pub const WORKLOADS: &[Workload] = &[
         run: alloc,
     },
     Workload {
+        id: "metrics-counter",
+        title: "metrics::counter!(\"bench_requests\").increment(1) from every thread, per recorder",
+        steps: |p| p.cells(crate::peers::metrics::RECORDERS),
+        run: |wl, p, g| crate::peers::metrics::run(wl, p, &|n, t, op| measure(p, g, n, t, 64, &op)),
+    },
+    Workload {
         id: "memory",
         title: "resident memory of many counters, each touched once by every thread",
         steps: |p| 2 * memory_cost_ms(p.memory),

@@ -21,8 +21,10 @@
 //!   module holds their iterators and guard.
 //! - [`Counter`]: a per-CPU event counter whose `add` is a restartable
 //!   sequence (a plain `add`) on Linux x86_64.
-//! - `evcnt`: named event counters (NetBSD's evcnt(9)) in a process-wide
-//!   registry, read as a table or in the Prometheus format.
+//! - [`evcnt`]: event counters by group and name (NetBSD's evcnt(9)), read
+//!   as a `vmstat -e` table, as Prometheus text, over HTTP (feature `http`),
+//!   through the `metrics` facade (feature `metrics`), or from another
+//!   process with `cpulocal stat PID`.
 //! - [`RwLock<T>`]: a distributed reader/writer lock: readers touch only
 //!   their own CPU's counts; writers pay a `membarrier`.
 //! - [`ops`]: typed per-CPU words and free lists for building your own
@@ -65,6 +67,7 @@ mod arena;
 mod counter;
 pub mod cpu;
 pub mod cpu_local;
+pub mod evcnt;
 pub mod ops;
 pub mod percpu;
 mod region;

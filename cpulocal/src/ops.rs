@@ -47,11 +47,11 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::mem::offset_of;
 use std::ops::{Deref, DerefMut};
-use std::ptr;
+use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use crate::cpu::{self, Place};
-use crate::percpu::{AllocError, Percpu};
+use crate::percpu::{AllocError, LazyPercpu, Percpu};
 use crate::sys::rseq;
 
 /// A `u64` for every CPU (plus the [spill word](self#the-spill-word)), all
@@ -87,31 +87,39 @@ impl PercpuU64 {
     }
 
     /// Every word at zero, or the reason per-CPU memory could not be had.
+    ///
+    /// # Errors
+    /// [`AllocError`] when the per-CPU regions have no room or the system
+    /// refuses memory.
+    ///
+    /// ```
+    /// let w = cpulocal::ops::PercpuU64::try_new().unwrap();
+    /// assert_eq!(w.sum(), 0);
+    /// ```
     pub fn try_new() -> Result<PercpuU64, AllocError> {
         Ok(PercpuU64 { words: Percpu::alloc_aligned(8, 8)? })
     }
 
-    /// The word at `index`, unchecked: `index < cpu::slots()`.
     #[inline(always)]
-    fn word(&self, index: usize) -> &AtomicU64 {
-        // SAFETY: every slot holds 8 zero-initialized bytes aligned to 8 that
-        // live as long as `self`; they are only accessed atomically (or by
-        // single-instruction restartable sequences, which are atomic too).
-        unsafe { AtomicU64::from_ptr(self.words.slot(index).cast()) }
+    fn words(&self) -> Words {
+        let ptr0 = NonNull::new(self.words.base()).expect("a Percpu's base is never null");
+        // SAFETY: `words` is an 8-byte, 8-aligned, zeroed per-CPU allocation
+        // that lives as long as `self`, updated only through `Words`.
+        unsafe { Words::new(ptr0) }
     }
 
     /// Adds `value` (wrapping) to the current CPU's word. No ordering with
     /// other memory (like `fetch_add(value, Relaxed)`).
+    ///
+    /// ```
+    /// let w = cpulocal::ops::PercpuU64::new();
+    /// w.add(2);
+    /// w.add(u64::MAX); // wraps: adds -1
+    /// assert_eq!(w.sum(), 1);
+    /// ```
     #[inline]
     pub fn add(&self, value: u64) {
-        match cpu::place() {
-            // SAFETY: `area` is this thread's; every slot's word is valid;
-            // with Place::Rseq, CPU words are only updated by sequences.
-            Place::Rseq(area) => unsafe { rseq::percpu_add(area, self.words.base(), value) },
-            Place::Slot(slot) => {
-                self.word(slot).fetch_add(value, Ordering::Relaxed);
-            }
-        }
+        self.words().add(value);
     }
 
     /// If the current CPU's word holds `expected`, replaces it with `new`
@@ -126,6 +134,9 @@ impl PercpuU64 {
     /// fails. The load acquires and the store releases (like
     /// `compare_exchange(expected, new, AcqRel, Acquire)`).
     ///
+    /// # Errors
+    /// `Err(actual)` when the current CPU's word did not hold `expected`.
+    ///
     /// ```
     /// // An increment through compare-and-store: retry with what was seen.
     /// let w = cpulocal::ops::PercpuU64::new();
@@ -137,42 +148,61 @@ impl PercpuU64 {
     /// ```
     #[inline]
     pub fn compare_store(&self, expected: u64, new: u64) -> Result<usize, u64> {
-        match cpu::place() {
-            // SAFETY: as in `add`.
-            Place::Rseq(area) => unsafe {
-                rseq::percpu_cmpeqv_storev(area, self.words.base(), expected, new)
-            },
-            Place::Slot(slot) => self
-                .word(slot)
-                .compare_exchange(expected, new, Ordering::AcqRel, Ordering::Acquire)
-                .map(|_| slot),
-        }
+        self.words().compare_store(expected, new)
     }
 
     /// The word at `index` (a CPU id, or `cpu::count()` for the spill word),
     /// or `None` if `index > cpu::count()`. An acquire load.
+    ///
+    /// ```
+    /// let w = cpulocal::ops::PercpuU64::new();
+    /// assert_eq!(w.load_on(0), Some(0));
+    /// assert_eq!(w.load_on(cpulocal::cpu::count() + 1), None);
+    /// ```
     pub fn load_on(&self, index: usize) -> Option<u64> {
-        (index < cpu::slots()).then(|| self.word(index).load(Ordering::Acquire))
+        (index < cpu::slots()).then(|| self.words().load(index))
     }
 
     /// Every word with its index, ascending: the CPUs', then the spill word
     /// (index `cpu::count()`). Each is read once, when the iterator gets to
     /// it.
+    ///
+    /// ```
+    /// let w = cpulocal::ops::PercpuU64::new();
+    /// w.add(3);
+    /// assert_eq!(w.iter().len(), cpulocal::cpu::count() + 1);
+    /// assert_eq!(w.iter().map(|(_, v)| v).sum::<u64>(), 3);
+    /// ```
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (usize, u64)> + '_ {
-        (0..cpu::slots()).map(move |i| (i, self.word(i).load(Ordering::Acquire)))
+        let words = self.words();
+        (0..cpu::slots()).map(move |i| (i, words.load(i)))
     }
 
     /// The wrapping sum of every word. Updates racing with it are either in
     /// it or not; with no concurrent updates it is exact.
+    ///
+    /// ```
+    /// let w = cpulocal::ops::PercpuU64::new();
+    /// std::thread::scope(|s| {
+    ///     s.spawn(|| w.add(1));
+    ///     s.spawn(|| w.add(2));
+    /// });
+    /// assert_eq!(w.sum(), 3);
+    /// ```
     pub fn sum(&self) -> u64 {
-        self.iter().fold(0u64, |acc, (_, v)| acc.wrapping_add(v))
+        self.words().sum()
     }
 
     /// Sets every word to zero.
+    ///
+    /// ```
+    /// let mut w = cpulocal::ops::PercpuU64::new();
+    /// w.add(9);
+    /// w.reset();
+    /// assert_eq!(w.sum(), 0);
+    /// ```
     pub fn reset(&mut self) {
-        for i in 0..cpu::slots() {
-            self.word(i).store(0, Ordering::Relaxed);
-        }
+        self.words().reset();
     }
 
     /// Stores `value` in CPU `cpu`'s word, if the thread runs on `cpu` when
@@ -203,15 +233,138 @@ impl PercpuU64 {
         let stored = match cpu::place() {
             Place::Rseq(area) => {
                 // SAFETY: as in `add`; `cpu` is below the possible-CPU count.
-                unsafe { rseq::percpu_store_on(area, self.words.base(), cpu as u32, value) }
+                unsafe { rseq::percpu_store_on(area, self.words().0.as_ptr(), cpu as u32, value) }
             }
             Place::Slot(slot) if slot == cpu => {
-                self.word(slot).store(value, Ordering::Release);
+                self.words().word(slot).store(value, Ordering::Release);
                 true
             }
             Place::Slot(_) => false,
         };
         stored.then_some(()).ok_or(NotOnCpu { cpu })
+    }
+}
+
+/// The words of an 8-byte per-CPU allocation, by slot 0's address: the
+/// operations [`PercpuU64`], [`Counter`](crate::Counter) and the event
+/// counters share, whether their memory was allocated eagerly or on first
+/// use.
+#[derive(Clone, Copy)]
+pub(crate) struct Words(NonNull<u8>);
+
+impl Words {
+    /// The words whose slot 0 is at `ptr0`.
+    ///
+    /// # Safety
+    /// `ptr0` is slot 0's copy of a per-CPU allocation of 8 bytes aligned to
+    /// 8, zeroed when allocated, that outlives every use of the returned
+    /// value; its CPU words are only updated through `Words`.
+    #[inline(always)]
+    pub(crate) unsafe fn new(ptr0: NonNull<u8>) -> Words {
+        Words(ptr0)
+    }
+
+    /// The word at `index`, unchecked: `index < cpu::slots()`.
+    #[inline(always)]
+    fn word(&self, index: usize) -> &AtomicU64 {
+        // SAFETY: (`Words::new`) every slot holds 8 bytes aligned to 8 that
+        // live as long as the allocation; they are only accessed atomically
+        // (or by single-instruction restartable sequences, atomic too).
+        unsafe { AtomicU64::from_ptr(LazyPercpu::slot(self.0, index).cast()) }
+    }
+
+    /// See [`PercpuU64::add`].
+    #[inline(always)]
+    pub(crate) fn add(self, value: u64) {
+        match cpu::place() {
+            // SAFETY: `area` is this thread's; every slot's word is valid;
+            // with Place::Rseq, CPU words are only updated by sequences.
+            Place::Rseq(area) => unsafe { rseq::percpu_add(area, self.0.as_ptr(), value) },
+            Place::Slot(slot) => {
+                self.word(slot).fetch_add(value, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// See [`PercpuU64::compare_store`].
+    #[inline(always)]
+    pub(crate) fn compare_store(self, expected: u64, new: u64) -> Result<usize, u64> {
+        match cpu::place() {
+            // SAFETY: as in `add`.
+            Place::Rseq(area) => unsafe {
+                rseq::percpu_cmpeqv_storev(area, self.0.as_ptr(), expected, new)
+            },
+            Place::Slot(slot) => self
+                .word(slot)
+                .compare_exchange(expected, new, Ordering::AcqRel, Ordering::Acquire)
+                .map(|_| slot),
+        }
+    }
+
+    /// The word at `index`, which must be below `cpu::slots()`. An acquire
+    /// load.
+    #[inline]
+    pub(crate) fn load(self, index: usize) -> u64 {
+        assert!(index < cpu::slots(), "word {index} of {}", cpu::slots());
+        self.word(index).load(Ordering::Acquire)
+    }
+
+    /// The wrapping sum of every word.
+    pub(crate) fn sum(self) -> u64 {
+        (0..cpu::slots()).fold(0u64, |acc, i| acc.wrapping_add(self.load(i)))
+    }
+
+    /// Sets every word to zero. Only for owners with exclusive access:
+    /// a store racing a restartable sequence loses one of them.
+    pub(crate) fn reset(self) {
+        for i in 0..cpu::slots() {
+            self.word(i).store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Per-CPU words allocated on first use, for `const` constructors: only the
+/// base pointer, 8 bytes, since the size is known ([`Counter`] holds one).
+///
+/// [`Counter`]: crate::Counter
+pub(crate) struct LazyWords {
+    /// Slot 0's word, or null until allocated (see
+    /// [`publish_lazily`](crate::percpu::publish_lazily)).
+    ptr0: AtomicPtr<u8>,
+}
+
+impl LazyWords {
+    pub(crate) const fn new() -> LazyWords {
+        LazyWords { ptr0: AtomicPtr::new(ptr::null_mut()) }
+    }
+
+    /// The words, if allocated: one load (plain on x86-64) and a test. The
+    /// acquire pairs with the publishing exchange, so the zeroes are seen.
+    #[inline(always)]
+    pub(crate) fn get(&self) -> Option<Words> {
+        // SAFETY: a published pointer is an 8-byte, 8-aligned, zeroed
+        // per-CPU allocation, freed only when `self` is dropped.
+        NonNull::new(self.ptr0.load(Ordering::Acquire)).map(|p| unsafe { Words::new(p) })
+    }
+
+    /// The words, allocating them on first use.
+    pub(crate) fn get_or_alloc(&self) -> Result<Words, AllocError> {
+        if let Some(words) = self.get() {
+            return Ok(words);
+        }
+        let ptr0 = crate::percpu::publish_lazily(&self.ptr0, 8, 8)?;
+        // SAFETY: as in `get`.
+        Ok(unsafe { Words::new(ptr0) })
+    }
+}
+
+impl Drop for LazyWords {
+    fn drop(&mut self) {
+        if let Some(ptr0) = NonNull::new(*self.ptr0.get_mut()) {
+            // SAFETY: published by `publish_lazily(.., 8, 8)`; `&mut self`
+            // means no word is in use any more.
+            unsafe { crate::percpu::free_published(ptr0, 8) };
+        }
     }
 }
 

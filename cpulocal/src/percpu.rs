@@ -307,7 +307,6 @@ pub(crate) struct LazyPercpu {
     align: usize,
 }
 
-#[allow(dead_code)]
 impl LazyPercpu {
     /// `size` bytes aligned to `align` per CPU, allocated on first use.
     /// Invalid sizes or alignments are reported by [`get_or_alloc`].
@@ -335,22 +334,7 @@ impl LazyPercpu {
 
     #[cold]
     fn alloc_slow(&self) -> Result<NonNull<u8>, AllocError> {
-        let ours = Percpu::alloc_aligned(self.size, self.align)?;
-        match self.ptr0.compare_exchange(
-            ptr::null_mut(),
-            ours.ptr0.as_ptr(),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => {
-                let ptr0 = ours.ptr0;
-                std::mem::forget(ours);
-                Ok(ptr0)
-            }
-            // Another thread published first; `ours` is freed on return.
-            // SAFETY: only non-null pointers are ever published.
-            Err(theirs) => Ok(unsafe { NonNull::new_unchecked(theirs) }),
-        }
+        publish_lazily(&self.ptr0, self.size, self.align)
     }
 
     /// The copy in `slot` (a CPU id or [`cpu::spill_slot`]) of slot 0's copy
@@ -361,6 +345,7 @@ impl LazyPercpu {
     }
 
     /// The size of each CPU's copy, in bytes.
+    #[allow(dead_code)] // kept for the typed lazy layers to come
     pub(crate) fn size(&self) -> usize {
         self.size
     }
@@ -369,12 +354,50 @@ impl LazyPercpu {
 impl Drop for LazyPercpu {
     fn drop(&mut self) {
         if let Some(ptr0) = NonNull::new(*self.ptr0.get_mut()) {
-            // SAFETY: `ptr0` came from `Percpu::alloc_aligned(size, align)`
-            // (forgotten when published), and `&mut self` means no copy is
-            // in use any more.
-            unsafe { region::free(ptr0, self.size) };
+            // SAFETY: `ptr0` was published by `publish_lazily(size, ..)`,
+            // and `&mut self` means no copy is in use any more.
+            unsafe { free_published(ptr0, self.size) };
         }
     }
+}
+
+/// Allocates `size` bytes aligned to `align` per CPU and publishes slot 0's
+/// copy in `ptr0`, unless another thread published first: then ours is
+/// freed and theirs returned. The first use of a [`LazyPercpu`], shared
+/// with per-CPU objects that know their size without storing it.
+#[cold]
+pub(crate) fn publish_lazily(
+    ptr0: &AtomicPtr<u8>,
+    size: usize,
+    align: usize,
+) -> Result<NonNull<u8>, AllocError> {
+    let ours = Percpu::alloc_aligned(size, align)?;
+    match ptr0.compare_exchange(
+        ptr::null_mut(),
+        ours.ptr0.as_ptr(),
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        Ok(_) => {
+            let published = ours.ptr0;
+            std::mem::forget(ours);
+            Ok(published)
+        }
+        // Another thread published first; `ours` is freed on return.
+        // SAFETY: only non-null pointers are ever published.
+        Err(theirs) => Ok(unsafe { NonNull::new_unchecked(theirs) }),
+    }
+}
+
+/// Frees what [`publish_lazily`] published.
+///
+/// # Safety
+/// `ptr0` was published by `publish_lazily` with this `size`, and no copy
+/// is used again.
+pub(crate) unsafe fn free_published(ptr0: NonNull<u8>, size: usize) {
+    // SAFETY: (the caller's) `ptr0`/`size` came from
+    // `Percpu::alloc_aligned`, forgotten when published.
+    unsafe { region::free(ptr0, size) };
 }
 
 impl fmt::Debug for LazyPercpu {

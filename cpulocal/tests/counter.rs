@@ -320,3 +320,153 @@ fn thread_exit_destructors_are_counted() {
     let spill = words.load_on(cpu::count()).unwrap();
     assert_eq!(spill, 0, "destructors must count in CPU words, not the spill word");
 }
+
+/// A `static` counter, allocated on first use by racing threads, is exact.
+#[test]
+fn static_counter_first_use_races_are_exact() {
+    static RACED: Counter = Counter::new();
+    let start = std::sync::Barrier::new(4);
+    thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                start.wait();
+                for _ in 0..10_000 {
+                    RACED.inc();
+                }
+            });
+        }
+    });
+    assert_eq!(RACED.sum(), 40_000);
+    assert!(!RACED.alloc_failed());
+}
+
+/// `take` while other threads add: every add is either in some `take` or
+/// still in the counter, never lost or counted twice.
+#[test]
+fn take_under_concurrent_adds_loses_nothing() {
+    let c = Counter::new();
+    let done = AtomicBool::new(false);
+    let n = common::scaled(200_000) as u64;
+    let taken = thread::scope(|s| {
+        let adders: Vec<_> = (0..2)
+            .map(|t| {
+                let (c, cpus) = (&c, common::allowed());
+                s.spawn(move || {
+                    for i in 0..n {
+                        if i % 4096 == 0 {
+                            common::hop(&cpus, t + (i / 4096) as usize);
+                        }
+                        c.add(1);
+                    }
+                })
+            })
+            .collect();
+        let taker = s.spawn(|| {
+            let mut taken = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                taken += c.take();
+            }
+            taken + c.take()
+        });
+        adders.into_iter().for_each(|a| a.join().unwrap());
+        done.store(true, Ordering::Relaxed);
+        taker.join().unwrap()
+    });
+    assert_eq!(taken + c.sum(), 2 * n, "take lost or doubled updates");
+}
+
+/// `set` and `swap` from several threads at once: each swap returns what
+/// the previous one (in lock order) set, so the returned values and the
+/// final value account for every set exactly once.
+#[test]
+fn concurrent_swaps_are_serialized() {
+    let c = Counter::from(0);
+    let returned = thread::scope(|s| {
+        let hs: Vec<_> = (1..=4u64)
+            .map(|t| {
+                let c = &c;
+                s.spawn(move || (0..2_000).map(|_| c.swap(t)).collect::<Vec<u64>>())
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect::<Vec<u64>>()
+    });
+    // 8,000 swaps each stored one of 1..=4 and returned the value before:
+    // the stored values are the returned ones after the first (0), plus
+    // the final value.
+    let stored: u64 = (1..=4u64).map(|t| t * 2_000).sum();
+    let got: u64 = returned.iter().sum::<u64>() + c.sum();
+    assert_eq!(got, stored, "a swap overlapped another");
+    assert!(returned.iter().all(|&v| v <= 4), "a swap saw a torn sum");
+}
+
+#[test]
+fn per_cpu_shares_sum_to_the_total_and_sit_on_the_right_cpu() {
+    let c = Counter::new();
+    let cpus = common::allowed();
+    for (step, &cpu) in cpus.iter().enumerate() {
+        common::hop(&cpus, step);
+        c.add(1000 + cpu as u64);
+    }
+    cpu::set_affinity(&cpus).unwrap();
+    let shares: Vec<(usize, u64)> = c.per_cpu().collect();
+    assert_eq!(shares.len(), cpu::count() + 1);
+    assert_eq!(shares.iter().fold(0u64, |a, &(_, v)| a.wrapping_add(v)), c.sum());
+    if cpu::backend() != Backend::Fallback {
+        for &cpu in &cpus {
+            assert_eq!(shares[cpu], (cpu, 1000 + cpu as u64), "CPU {cpu}'s share");
+        }
+    }
+}
+
+/// When the per-CPU regions are full, a counter's first use does not fail:
+/// it counts in its fallback word, says so, and moves to per-CPU words once
+/// memory is free again.
+#[test]
+fn counter_without_per_cpu_memory_counts_in_its_fallback() {
+    if !common::is_child() {
+        // Alone in a process: it fills the regions.
+        return common::in_child("counter_without_per_cpu_memory_counts_in_its_fallback", &[]);
+    }
+    use cpulocal::percpu::{self, Percpu};
+    static LATE: Counter = Counter::new();
+    static LATE_EVENT: cpulocal::evcnt::EventCounter =
+        cpulocal::evcnt::EventCounter::new("fallback-test", "late");
+    let mut hogs = Vec::new();
+    let mut size = percpu::stats().reserved / 2;
+    while size >= 8 {
+        match Percpu::alloc(size) {
+            Ok(p) => hogs.push(p),
+            Err(_) => size /= 2,
+        }
+    }
+    assert!(Percpu::alloc(8).is_err(), "the regions are not full");
+    LATE.add(5);
+    LATE_EVENT.add(3);
+    assert!(LATE.alloc_failed());
+    assert!(LATE.try_init().is_err());
+    assert_eq!(LATE.sum(), 5);
+    assert_eq!(LATE.per_cpu().last(), Some((cpu::count(), 5)));
+    assert_eq!(LATE_EVENT.value(), 3);
+    let listed = cpulocal::evcnt::snapshot();
+    let e = listed.events.iter().find(|e| e.group == "fallback-test").unwrap();
+    assert!(e.alloc_failed && e.value == 3, "{e:?}");
+    let mut table = Vec::new();
+    listed.write_table(&mut table, None).unwrap();
+    assert!(String::from_utf8(table).unwrap().contains("misc (no per-CPU memory)"));
+
+    drop(hogs);
+    LATE.add(2);
+    LATE_EVENT.add(1);
+    assert!(LATE.try_init().is_ok());
+    assert_eq!(LATE.sum(), 7);
+    assert_eq!(LATE_EVENT.value(), 4);
+    assert_eq!(
+        cpulocal::evcnt::snapshot()
+            .events
+            .iter()
+            .find(|e| e.group == "fallback-test")
+            .unwrap()
+            .value,
+        4
+    );
+}

@@ -6,6 +6,7 @@
 
 mod alloc;
 mod counter;
+pub mod metrics;
 mod rseq_raw;
 mod rwlock;
 mod slot;

@@ -1,0 +1,299 @@
+//! The event-counter registry and its readers: exact values under threads,
+//! registration and removal, the `vmstat -e` table, Prometheus text checked
+//! by a real parser, and the export file's life (permissions, removal at
+//! drop and at exit, staleness after a kill).
+#![cfg(all(target_os = "linux", not(miri)))]
+
+mod common;
+mod prom;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cpulocal::evcnt::{self, Event, EventCounter, ExportError, Kind, Snapshot};
+
+fn value_of(s: &Snapshot, group: &str, name: &str) -> Option<u64> {
+    s.events.iter().find(|e| e.group == group && e.name == name).map(|e| e.value)
+}
+
+#[test]
+fn static_counters_are_exact_and_listed_from_first_use() {
+    static UNUSED: EventCounter = EventCounter::new("reg-test", "never used");
+    static USED: EventCounter = EventCounter::with_kind(Kind::Trap, "reg-test", "used");
+    let cpus = common::allowed();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let cpus = &cpus;
+            s.spawn(move || {
+                for i in 0..20_000usize {
+                    if i % 1000 == 0 {
+                        common::hop(cpus, t + i / 1000);
+                    }
+                    USED.inc();
+                }
+            });
+        }
+    });
+    assert_eq!(USED.value(), 80_000);
+    let snap = evcnt::snapshot();
+    assert_eq!(value_of(&snap, "reg-test", "used"), Some(80_000));
+    assert_eq!(value_of(&snap, "reg-test", "never used"), None, "listed before first use");
+    assert_eq!(UNUSED.value(), 0);
+    let e = snap.events.iter().find(|e| e.name == "used").unwrap();
+    assert_eq!((e.kind, e.alloc_failed), (Kind::Trap, false));
+}
+
+#[test]
+fn dynamic_counters_are_listed_until_dropped_even_when_moved() {
+    let c = EventCounter::dynamic(Kind::Misc, "dyn-test", String::from("moved"));
+    assert_eq!(value_of(&evcnt::snapshot(), "dyn-test", "moved"), Some(0));
+    c.add(5);
+    let boxed = Box::new(c); // moving must not break the registry's view
+    boxed.add(6);
+    assert_eq!(value_of(&evcnt::snapshot(), "dyn-test", "moved"), Some(11));
+    drop(boxed);
+    assert_eq!(value_of(&evcnt::snapshot(), "dyn-test", "moved"), None);
+}
+
+#[test]
+fn snapshots_race_with_counters_being_created_and_dropped() {
+    // Snapshots read counters' words under the registry lock while other
+    // threads create, count on and drop counters: no use after free (run
+    // under Miri or ASan this is where it would show), and values are sane.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for t in 0..2 {
+            let stop = &stop;
+            s.spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let c = EventCounter::dynamic(Kind::Misc, "churn-test", format!("t{t}"));
+                    c.add(3);
+                    drop(c);
+                }
+            });
+        }
+        for _ in 0..2_000 {
+            for e in evcnt::snapshot().events.iter().filter(|e| e.group == "churn-test") {
+                assert!(e.value == 0 || e.value == 3, "{e:?}");
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+}
+
+#[test]
+fn the_table_is_sorted_aligned_and_has_rates() {
+    let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+    let before = Snapshot::new(
+        at(100),
+        vec![
+            Event::new("net", "rx", Kind::Intr, 1_000),
+            Event::new("vm", "faults", Kind::Trap, 50),
+        ],
+    );
+    let now = Snapshot::new(
+        at(104),
+        vec![
+            Event::new("vm", "faults", Kind::Trap, 40), // went down
+            Event::new("net", "rx", Kind::Intr, 5_000),
+            Event::new("a", "new\u{1b}[2J", Kind::Misc, 7), // new, hostile name
+        ],
+    );
+    let mut out = Vec::new();
+    now.write_table(&mut out, Some(&before)).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines[0].starts_with("event") && lines[0].ends_with("total rate type"), "{text}");
+    assert!(lines[1].starts_with("a new\\u{1b}[2J"), "control characters not escaped: {text}");
+    assert!(!text.contains('\u{1b}'));
+    assert!(lines[2].starts_with("net rx") && lines[2].ends_with(" 5000 1000 intr"), "{text}");
+    assert!(lines[3].starts_with("vm faults") && lines[3].ends_with(" - trap"), "{text}");
+    assert!(lines[1].ends_with(" - misc"), "{text}");
+    // Aligned: every column ends at the same place.
+    let total_end = lines[0].find("total").unwrap() + "total".len();
+    for l in &lines[1..] {
+        assert_eq!(&l[total_end..total_end + 1], " ", "{text}");
+        assert_ne!(&l[total_end - 1..total_end], " ", "{text}");
+    }
+    // Without a previous snapshot there is no rate column.
+    let mut out = Vec::new();
+    now.write_table(&mut out, None).unwrap();
+    assert!(String::from_utf8(out).unwrap().starts_with("event"));
+}
+
+#[test]
+fn prometheus_text_parses_with_escaped_labels() {
+    let hostile = "quote\" back\\slash\nnewline";
+    let snap = Snapshot::new(
+        SystemTime::now(),
+        vec![
+            Event::new("g", hostile, Kind::Misc, 3),
+            Event::new("g", "plain", Kind::Intr, u64::MAX),
+            Event::new("g", "plain", Kind::Intr, 1), // same labels: summed (wrapping)
+            Event::new("h", "plain", Kind::Trap, 9),
+        ],
+    );
+    let mut out = Vec::new();
+    snap.write_prometheus(&mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let samples = prom::parse(&text);
+    assert_eq!(samples.len(), 3, "{text}");
+    let find = |group: &str, name: &str| {
+        samples
+            .iter()
+            .find(|s| s.label("group") == Some(group) && s.label("name") == Some(name))
+            .unwrap_or_else(|| panic!("no {group}/{name} in {text}"))
+    };
+    let h = find("g", hostile);
+    assert_eq!(h.family, evcnt::PROMETHEUS_FAMILY);
+    assert_eq!(h.label("type"), Some("misc"));
+    assert_eq!(h.number(), 3.0);
+    assert_eq!(find("g", "plain").number(), 0.0);
+    assert_eq!(find("h", "plain").number(), 9.0);
+    // The looser parser other tools use reads it too.
+    let loose = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    assert_eq!(loose.samples.len(), 3);
+}
+
+/// The child side of the export tests: exports, counts, says its file, and
+/// then exits as the parent says (`EXIT_HOW`).
+#[test]
+fn export_child() {
+    if std::env::var_os("EVCNT_EXPORT_CHILD").is_none() {
+        return;
+    }
+    static WORK: EventCounter = EventCounter::new("child", "work");
+    WORK.add(77);
+    let exporter = evcnt::export_every(Duration::from_millis(20)).unwrap();
+    println!("FILE {}", exporter.path().display());
+    std::mem::forget(exporter); // only exit may remove it now
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap();
+    if line.trim() == "fork" {
+        // A child forked from the exporter exits normally: its exit must
+        // leave the parent's file alone.
+        // SAFETY: the child only calls `exit`, which runs the atexit hooks.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: ends the forked child.
+            unsafe { libc::exit(0) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        println!("FORKED");
+        line.clear();
+        std::io::stdin().read_line(&mut line).unwrap();
+    }
+    if line.trim() == "exit" {
+        std::process::exit(0); // a normal exit: atexit removes the file
+    }
+}
+
+fn spawn_child() -> (std::process::Child, std::path::PathBuf) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["export_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env("EVCNT_EXPORT_CHILD", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    // The harness may print "test export_child ... " on the same line.
+    let mut line = String::new();
+    let path = loop {
+        line.clear();
+        assert_ne!(out.read_line(&mut line).unwrap(), 0, "child ended before exporting");
+        if let Some(at) = line.find("FILE ") {
+            break line[at + "FILE ".len()..].trim().into();
+        }
+    };
+    // Keep reading what the child prints, so that it never writes to a
+    // closed pipe; "FORKED" lines are passed on.
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            if line.contains("FORKED") {
+                let _ = FORKED.0.lock().unwrap().send(());
+            }
+        }
+    });
+    (child, path)
+}
+
+type Forked = (
+    std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+    std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+);
+
+/// Every child's "FORKED" line (only one test forks).
+static FORKED: std::sync::LazyLock<Forked> = std::sync::LazyLock::new(|| {
+    let (tx, rx) = std::sync::mpsc::channel();
+    (std::sync::Mutex::new(tx), std::sync::Mutex::new(rx))
+});
+
+#[test]
+fn an_exporting_child_is_read_then_its_file_is_removed_at_exit() {
+    let (mut child, path) = spawn_child();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "file mode");
+    let dir = std::fs::metadata(path.parent().unwrap()).unwrap();
+    assert_eq!(dir.permissions().mode() & 0o777, 0o700, "directory mode");
+    let seen = evcnt::read_export(child.id(), None).unwrap();
+    assert_eq!(value_of(&seen.snapshot, "child", "work"), Some(77));
+    assert_eq!(seen.pid, child.id());
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"exit\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(!path.exists(), "{} left behind after a normal exit", path.display());
+    assert!(matches!(evcnt::read_export(child.id(), None), Err(ExportError::NotExported { .. })));
+}
+
+#[test]
+fn a_forked_child_exiting_leaves_the_parents_file() {
+    let (mut child, path) = spawn_child();
+    let mut stdin = child.stdin.take().unwrap();
+    use std::io::Write;
+    stdin.write_all(b"fork\n").unwrap();
+    // The child says FORKED once its forked child has exited.
+    let forked = FORKED.1.lock().unwrap().recv_timeout(Duration::from_secs(120));
+    assert!(forked.is_ok(), "the child never forked");
+    assert!(path.exists(), "a forked child's exit removed its parent's export file");
+    assert!(evcnt::read_export(child.id(), None).is_ok());
+    stdin.write_all(b"exit\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(!path.exists());
+}
+
+#[test]
+fn a_killed_childs_file_is_reported_stale() {
+    let (mut child, path) = spawn_child();
+    assert!(evcnt::read_export(child.id(), None).is_ok());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(path.exists(), "a killed process cannot remove its file");
+    match evcnt::read_export(child.id(), None) {
+        Err(ExportError::Stale { why, .. }) => assert!(why.contains("gone"), "{why}"),
+        other => panic!("a dead process's file was not reported stale: {other:?}"),
+    }
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn a_reader_asking_for_a_short_interval_gets_fresh_values() {
+    let (mut child, _path) = spawn_child();
+    // The child rewrites every 20 ms anyway; ask for 10 ms and check that
+    // what is read was written within a few periods.
+    let seen = evcnt::read_export(child.id(), Some(Duration::from_millis(10))).unwrap();
+    // Poll (for up to a minute on a loaded machine) until it is rewritten.
+    let rewritten = (0..600).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        let later = evcnt::read_export(child.id(), Some(Duration::from_millis(10))).unwrap();
+        later.snapshot.taken > seen.snapshot.taken
+    });
+    assert!(rewritten, "the file was not rewritten");
+    drop(child.stdin.take());
+    child.wait().unwrap();
+}
