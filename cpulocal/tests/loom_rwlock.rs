@@ -12,7 +12,8 @@
 //!
 //! `membarrier` is modelled by what it guarantees: each thread has a loom
 //! `Mutex` that its light fence locks and unlocks, and the heavy barrier
-//! locks and unlocks every thread's. Either a reader's light fence comes
+//! locks and unlocks every thread's, between two full fences of its own
+//! (the system call is a full barrier for its caller too). Either a reader's light fence comes
 //! first (its count happens-before the writer's sums) or the barrier does
 //! (the writer's WRITER happens-before the reader's check), which is what
 //! a barrier run on every CPU at once gives. The clock jumps far ahead on
@@ -129,12 +130,9 @@ impl Model {
 impl Env for Model {
     const SPINS: u32 = 0;
     const YIELDS: u32 = 0;
-    // Every fenced write switches readers to the central count, and every
-    // central write switches them back: as many mode switches as can be.
-    const ENTER_CENTRAL_BELOW: u64 = u64::MAX;
-    const LEAVE_CENTRAL_ABOVE: u64 = 0;
-    const CENTRAL_CHECK: u32 = 1;
-    const FENCE_NS: u64 = 5;
+    // Every fenced write that saw a read switches readers back to the
+    // unfenced path: as many mode switches as can be.
+    const FENCE_NS: u64 = u64::MAX;
 
     fn count_lock(&self) {
         self.locks[next_slot()].fetch_add(1, Ordering::Relaxed);
@@ -186,9 +184,12 @@ impl Env for Model {
             return false;
         }
         if self.config.fences {
+            // `membarrier` is a full barrier on the calling CPU too.
+            fence(Ordering::SeqCst);
             for m in &self.fences {
                 drop(m.lock().unwrap());
             }
+            fence(Ordering::SeqCst);
         }
         true
     }
@@ -234,21 +235,21 @@ impl Lock {
     }
 
     fn read(&self) -> u64 {
-        let central = self.raw.read_lock();
+        self.raw.read_lock();
         // SAFETY: read-locked; loom reports a causality violation if a
         // writer's access is not ordered with this one.
         let v = self.data.with(|p| unsafe { *p });
         // SAFETY: we hold the read lock taken above.
-        unsafe { self.raw.read_unlock(central) };
+        unsafe { self.raw.read_unlock() };
         v
     }
 
     fn try_read(&self) -> Option<u64> {
-        self.raw.try_read_lock().map(|central| {
+        self.raw.try_read_lock().then(|| {
             // SAFETY: as in `read`.
             let v = self.data.with(|p| unsafe { *p });
             // SAFETY: we hold the read lock taken above.
-            unsafe { self.raw.read_unlock(central) };
+            unsafe { self.raw.read_unlock() };
             v
         })
     }
@@ -309,7 +310,7 @@ fn reader_inside_then_hopper_and_writer(config: Config) {
     loom::model(move || {
         let lock = Lock::new(config);
         run_on(1, false);
-        let central = lock.raw.read_lock();
+        lock.raw.read_lock();
         let writer = {
             let lock = lock.clone();
             thread::spawn(move || {
@@ -328,7 +329,7 @@ fn reader_inside_then_hopper_and_writer(config: Config) {
         // SAFETY: read-locked above; loom checks the claim.
         let seen = lock.data.with(|p| unsafe { *p });
         // SAFETY: we hold the read lock taken above.
-        unsafe { lock.raw.read_unlock(central) };
+        unsafe { lock.raw.read_unlock() };
         assert_eq!(seen, 0, "the writer got in while a reader was inside");
         writer.join().unwrap();
         hopper.join().unwrap();

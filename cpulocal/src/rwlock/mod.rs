@@ -141,9 +141,6 @@ thread_local! {
 impl Env for Cpus {
     const SPINS: u32 = 6;
     const YIELDS: u32 = 8;
-    const ENTER_CENTRAL_BELOW: u64 = 16;
-    const LEAVE_CENTRAL_ABOVE: u64 = 64;
-    const CENTRAL_CHECK: u32 = 8;
     const FENCE_NS: u64 = 5;
 
     #[inline(always)]
@@ -375,9 +372,9 @@ impl<T: ?Sized> RwLock<T> {
     /// ```
     #[inline]
     pub fn read(&self) -> RwLockReadGuard<'_, T> {
-        let central = self.raw.read_lock();
-        // SAFETY: read-locked just now, as `central` says.
-        unsafe { RwLockReadGuard::new(self, central) }
+        self.raw.read_lock();
+        // SAFETY: read-locked just now.
+        unsafe { RwLockReadGuard::new(self) }
     }
 
     /// Locks for writing, waiting for other writers and then for every
@@ -410,8 +407,8 @@ impl<T: ?Sized> RwLock<T> {
     /// ```
     #[inline]
     pub fn try_read(&self) -> Option<RwLockReadGuard<'_, T>> {
-        // SAFETY: read-locked if `try_read_lock` says so, as it says.
-        self.raw.try_read_lock().map(|central| unsafe { RwLockReadGuard::new(self, central) })
+        // SAFETY: read-locked if `try_read_lock` says so.
+        self.raw.try_read_lock().then(|| unsafe { RwLockReadGuard::new(self) })
     }
 
     /// Locks for writing if no one holds the lock and no writer waits for
@@ -528,8 +525,6 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for RwLock<T> {
 pub struct RwLockReadGuard<'a, T: ?Sized + 'a> {
     data: NonNull<T>,
     raw: &'a RawRwLock<Cpus>,
-    /// Held through the central count rather than the per-CPU counts.
-    central: bool,
 }
 
 /// The write lock on an [`RwLock`]; the lock is released when it is dropped.
@@ -561,7 +556,6 @@ pub struct RwLockWriteGuard<'a, T: ?Sized + 'a> {
 pub struct MappedRwLockReadGuard<'a, T: ?Sized + 'a> {
     data: NonNull<T>,
     raw: &'a RawRwLock<Cpus>,
-    central: bool,
 }
 
 /// The write lock on part of an [`RwLock`]'s value, from
@@ -585,12 +579,11 @@ unsafe impl<T: ?Sized + Sync> Sync for MappedRwLockWriteGuard<'_, T> {}
 
 impl<'a, T: ?Sized> RwLockReadGuard<'a, T> {
     /// # Safety
-    /// The caller has read-locked `lock` (centrally if `central`); the
-    /// guard will unlock it.
-    unsafe fn new(lock: &'a RwLock<T>, central: bool) -> Self {
+    /// The caller has read-locked `lock`; the guard will unlock it.
+    unsafe fn new(lock: &'a RwLock<T>) -> Self {
         // SAFETY: `UnsafeCell::get` never returns null.
         let data = unsafe { NonNull::new_unchecked(lock.data.get()) };
-        RwLockReadGuard { data, raw: &lock.raw, central }
+        RwLockReadGuard { data, raw: &lock.raw }
     }
 
     /// A guard for a part of the value, keeping the read lock.
@@ -606,7 +599,7 @@ impl<'a, T: ?Sized> RwLockReadGuard<'a, T> {
         // SAFETY: read-locked through `orig`; if `f` panics, `orig` unlocks.
         let data = NonNull::from(f(unsafe { orig.data.as_ref() }));
         let orig = ManuallyDrop::new(orig);
-        MappedRwLockReadGuard { data, raw: orig.raw, central: orig.central }
+        MappedRwLockReadGuard { data, raw: orig.raw }
     }
 
     /// A guard for a part of the value if `f` finds one; otherwise the
@@ -632,7 +625,7 @@ impl<'a, T: ?Sized> RwLockReadGuard<'a, T> {
             Some(part) => {
                 let data = NonNull::from(part);
                 let orig = ManuallyDrop::new(orig);
-                Ok(MappedRwLockReadGuard { data, raw: orig.raw, central: orig.central })
+                Ok(MappedRwLockReadGuard { data, raw: orig.raw })
             }
             None => Err(orig),
         }
@@ -652,7 +645,7 @@ impl<'a, T: ?Sized> MappedRwLockReadGuard<'a, T> {
         // SAFETY: read-locked through `orig`; if `f` panics, `orig` unlocks.
         let data = NonNull::from(f(unsafe { orig.data.as_ref() }));
         let orig = ManuallyDrop::new(orig);
-        MappedRwLockReadGuard { data, raw: orig.raw, central: orig.central }
+        MappedRwLockReadGuard { data, raw: orig.raw }
     }
 
     /// As [`RwLockReadGuard::try_map`], for a part of a part.
@@ -675,7 +668,7 @@ impl<'a, T: ?Sized> MappedRwLockReadGuard<'a, T> {
             Some(part) => {
                 let data = NonNull::from(part);
                 let orig = ManuallyDrop::new(orig);
-                Ok(MappedRwLockReadGuard { data, raw: orig.raw, central: orig.central })
+                Ok(MappedRwLockReadGuard { data, raw: orig.raw })
             }
             None => Err(orig),
         }
@@ -747,8 +740,8 @@ impl<'a, T: ?Sized> RwLockWriteGuard<'a, T> {
         // SAFETY: we hold the write lock, and give it up for a read lock,
         // which the new guard releases.
         unsafe {
-            let central = lock.raw.downgrade();
-            RwLockReadGuard::new(lock, central)
+            lock.raw.downgrade();
+            RwLockReadGuard::new(lock)
         }
     }
 }
@@ -814,9 +807,8 @@ impl<T: ?Sized> Deref for RwLockReadGuard<'_, T> {
 impl<T: ?Sized> Drop for RwLockReadGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
-        // SAFETY: the guard stands for a read lock taken from this lock, as
-        // `central` says.
-        unsafe { self.raw.read_unlock(self.central) };
+        // SAFETY: the guard stands for a read lock taken from this lock.
+        unsafe { self.raw.read_unlock() };
     }
 }
 
@@ -833,9 +825,8 @@ impl<T: ?Sized> Deref for MappedRwLockReadGuard<'_, T> {
 impl<T: ?Sized> Drop for MappedRwLockReadGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
-        // SAFETY: the guard stands for a read lock taken from this lock, as
-        // `central` says.
-        unsafe { self.raw.read_unlock(self.central) };
+        // SAFETY: the guard stands for a read lock taken from this lock.
+        unsafe { self.raw.read_unlock() };
     }
 }
 

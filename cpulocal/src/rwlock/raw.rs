@@ -55,14 +55,6 @@ const SLEEPERS: u32 = 2;
 const FENCED: u32 = 4;
 /// `state`: no heavy barrier exists; readers fence on unlock too.
 const NO_BARRIER: u32 = 8;
-/// `state`: readers hold the lock through the count in the bits above
-/// (a centralized reader count, for write-heavy phases). Set only with
-/// FENCED.
-const CENTRAL: u32 = 16;
-/// `state`: the central reader count starts at this bit.
-const READERS_SHIFT: u32 = 5;
-/// `state`: one central reader.
-const ONE_READER: u32 = 1 << READERS_SHIFT;
 
 /// How long readers stay fenced after a write, in units of the last heavy
 /// barrier's cost (BRAVO's inhibition factor): the heavy barriers then take
@@ -84,14 +76,6 @@ pub(crate) trait Env {
     const SPINS: u32;
     /// Rounds of yielding before a waiter sleeps.
     const YIELDS: u32;
-    /// A fenced write that finds fewer reads than this since the previous
-    /// write switches readers to the central count.
-    const ENTER_CENTRAL_BELOW: u64;
-    /// A central write that finds more reads per write than this switches
-    /// readers back to the per-CPU counts.
-    const LEAVE_CENTRAL_ABOVE: u64;
-    /// Central writes walk the counts (to count reads) once in this many.
-    const CENTRAL_CHECK: u32;
     /// What a reader's full fence costs, in nanoseconds (for weighing
     /// fenced reads against heavy barriers).
     const FENCE_NS: u64;
@@ -157,30 +141,21 @@ struct Cold {
     /// reader last saw when it looked at the clock.
     writes: AtomicU64,
     writes_seen: AtomicU64,
-    /// The lock counts' sum at the last write that walked them.
+    /// The lock counts' sum at the last write.
     last_locks: AtomicU64,
-    /// Writes in the central mode since the counts were last walked.
-    central_writes: AtomicU32,
-    /// What the write in progress decided readers do after it: KEEP,
-    /// TO_CENTRAL, FROM_CENTRAL or TO_UNFENCED.
-    next_mode: AtomicU32,
+    /// Whether the write in progress decided to switch readers back to the
+    /// unfenced path at its unlock (written only under `wlock`).
+    unfence_next: AtomicU32,
 }
 
-/// How a writer blocked readers, and so what it must wait for.
+/// How a writer blocked readers.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Blocked {
-    /// Readers skipped their fence: a heavy barrier; then the walk.
+    /// Readers skipped their fence: a heavy barrier.
     Heavy,
-    /// Readers fence: a fence; then the walk.
+    /// Readers fence: a fence of our own.
     Fenced,
-    /// Readers take the central count: no walk.
-    Central,
 }
-
-const KEEP: u32 = 0;
-const TO_CENTRAL: u32 = 1;
-const FROM_CENTRAL: u32 = 2;
-const TO_UNFENCED: u32 = 3;
 
 /// A fenced write switches readers back to the unfenced path once their
 /// fences since the previous write cost more than this many heavy
@@ -211,8 +186,7 @@ impl<E: Env> RawRwLock<E> {
                 writes: AtomicU64::new(0),
                 writes_seen: AtomicU64::new(0),
                 last_locks: AtomicU64::new(0),
-                central_writes: AtomicU32::new(0),
-                next_mode: AtomicU32::new(KEEP),
+                unfence_next: AtomicU32::new(0),
             },
         }
     }
@@ -234,8 +208,7 @@ impl<E: Env> RawRwLock<E> {
                 writes: AtomicU64::new(0),
                 writes_seen: AtomicU64::new(0),
                 last_locks: AtomicU64::new(0),
-                central_writes: AtomicU32::new(0),
-                next_mode: AtomicU32::new(KEEP),
+                unfence_next: AtomicU32::new(0),
             },
         }
     }
@@ -244,15 +217,12 @@ impl<E: Env> RawRwLock<E> {
         &self.hot.env
     }
 
-    /// What readers do now: `"central"` (writes are frequent: one shared
-    /// count), `"fence"` (writes were recent), `"no fence"` (they rely on
-    /// writers' heavy barriers) or `"always fence"` (the process has no
-    /// heavy barrier).
+    /// What readers do now: `"fence"` (writes were recent), `"no fence"`
+    /// (they rely on writers' heavy barriers) or `"always fence"` (the
+    /// process has no heavy barrier).
     pub(crate) fn reader_mode(&self) -> &'static str {
         let s = self.hot.state.load(Relaxed);
-        if s & CENTRAL != 0 {
-            "central"
-        } else if s & NO_BARRIER != 0 {
+        if s & NO_BARRIER != 0 {
             "always fence"
         } else if s & FENCED != 0 {
             "fence"
@@ -261,112 +231,61 @@ impl<E: Env> RawRwLock<E> {
         }
     }
 
-    /// Takes a read lock, waiting while a writer is around. Returns whether
-    /// the lock is held through the central count (`true`) or the per-CPU
-    /// counts; [`read_unlock`](Self::read_unlock) must be told the same.
+    /// Takes a read lock, waiting while a writer is around.
     #[inline]
-    pub(crate) fn read_lock(&self) -> bool {
+    pub(crate) fn read_lock(&self) {
         let env = &self.hot.env;
         env.count_lock();
         env.light_fence();
         let s = self.hot.state.load(Acquire);
         if s != 0 {
-            return self.read_lock_slow(s);
+            self.read_lock_slow(s);
         }
-        false
     }
 
-    /// The lock is FENCED or CENTRAL, central readers are inside, or a
-    /// writer is around.
+    /// The lock is FENCED, or a writer is around.
     #[inline(never)]
-    fn read_lock_slow(&self, s: u32) -> bool {
-        if s & WRITER == 0 {
-            if let Some(central) = self.enter_counted(s) {
-                return central;
-            }
+    fn read_lock_slow(&self, s: u32) {
+        if s & WRITER == 0 && self.enter_fenced() {
+            return;
         }
         self.back_off();
         // Registered: the next writer gives us a moment to get in.
         self.cold.parked.fetch_add(1, SeqCst);
         let env = &self.hot.env;
-        let central = loop {
+        loop {
             self.wait_for_writer();
             env.count_lock();
             env.full_fence();
-            let s = self.hot.state.load(Acquire);
-            if s & WRITER == 0 {
-                if let Some(central) = self.enter_counted(s) {
-                    break central;
-                }
+            if self.hot.state.load(Acquire) & WRITER == 0 {
+                break;
             }
             self.back_off();
-        };
+        }
         self.cold.parked.fetch_sub(1, Release);
-        central
     }
 
-    /// A reader whose lock is counted on its CPU saw `s`, without WRITER,
-    /// after its light fence: follows the mode. Returns whether it is in
-    /// through the central count, or `None` if a writer came first (its
-    /// per-CPU count still stands: back off).
+    /// A reader whose lock is counted found FENCED (and no writer): fences
+    /// and looks again. Returns whether it is in; if not (a writer came
+    /// first), its count still stands and it must back off.
     #[inline]
-    fn enter_counted(&self, s: u32) -> Option<bool> {
-        if s & CENTRAL != 0 {
-            return self.enter_central();
-        }
-        if s & FENCED == 0 {
-            // Only central readers still inside made `s` non-zero.
-            return Some(false);
-        }
+    fn enter_fenced(&self) -> bool {
         let env = &self.hot.env;
         env.fenced_reader_fence();
         let s = self.hot.state.load(Acquire);
         if s & WRITER != 0 {
-            return None;
-        }
-        if s & CENTRAL != 0 {
-            return self.enter_central();
+            return false;
         }
         if s & NO_BARRIER == 0 && env.clock_due() {
             self.maybe_relax();
         }
-        Some(false)
+        true
     }
 
-    /// Takes the central count for a reader that holds a per-CPU count and
-    /// saw CENTRAL, then counts the per-CPU lock out. `None`: a writer came
-    /// first (the per-CPU count still stands).
-    #[inline(never)]
-    fn enter_central(&self) -> Option<bool> {
-        let state = &self.hot.state;
-        let mut s = state.load(Relaxed);
-        loop {
-            if s & WRITER != 0 {
-                return None;
-            }
-            if s & CENTRAL == 0 {
-                // A reader switched the lock back to per-CPU counting: ours
-                // stands, and the new mode decides.
-                return self.enter_counted(s);
-            }
-            match state.compare_exchange_weak(s, s + ONE_READER, Acquire, Relaxed) {
-                Ok(_) => break,
-                Err(now) => s = now,
-            }
-        }
-        // SAFETY: the per-CPU lock counted by our caller.
-        unsafe { self.unlock_counted() };
-        if self.hot.env.clock_due() {
-            self.maybe_relax();
-        }
-        Some(true)
-    }
-
-    /// Readers on the fenced or the central path look at the clock now and
-    /// then: once no write came for the window, CENTRAL is cleared (readers
-    /// count per CPU again, with a fence), and after another window FENCED
-    /// (readers rely on writers' heavy barriers again), or NO_BARRIER is
-    /// set for good if the process has no heavy barrier.
+    /// Readers on the fenced path look at the clock now and then: once no
+    /// write came for the window, FENCED is cleared (readers rely on
+    /// writers' heavy barriers again), or NO_BARRIER is set for good if the
+    /// process has no heavy barrier.
     #[cold]
     fn maybe_relax(&self) {
         let env = &self.hot.env;
@@ -391,65 +310,40 @@ impl<E: Env> RawRwLock<E> {
         }
         let state = &self.hot.state;
         if cold.writes.load(Relaxed) == writes && now >= cold.fenced_until.load(Relaxed) {
-            let s = state.load(Relaxed);
-            if s & CENTRAL != 0 {
-                state.fetch_and(!CENTRAL, SeqCst);
-                cold.fenced_until.store(now.saturating_add(window), Relaxed);
-            } else if !env.has_heavy_barrier() {
+            if !env.has_heavy_barrier() {
                 state.fetch_or(NO_BARRIER, SeqCst);
-            } else if s & NO_BARRIER == 0 {
+            } else if state.load(Relaxed) & NO_BARRIER == 0 {
                 state.fetch_and(!FENCED, SeqCst);
             }
         }
         self.unlock_writers();
     }
 
-    /// Takes a read lock if no writer is around; `Some(central)` as
-    /// [`read_lock`](Self::read_lock) returns.
+    /// Takes a read lock if no writer is around.
     #[inline]
-    pub(crate) fn try_read_lock(&self) -> Option<bool> {
+    pub(crate) fn try_read_lock(&self) -> bool {
         // Not needed for correctness: keeps callers that retry in a loop
         // from making the writer's sums disagree over and over.
         if self.hot.state.load(Relaxed) & WRITER != 0 {
-            return None;
+            return false;
         }
         let env = &self.hot.env;
         env.count_lock();
         env.light_fence();
         let s = self.hot.state.load(Acquire);
-        if s == 0 {
-            return Some(false);
-        }
-        if s & WRITER == 0 {
-            if let Some(central) = self.enter_counted(s) {
-                return Some(central);
-            }
+        if s == 0 || (s & WRITER == 0 && self.enter_fenced()) {
+            return true;
         }
         self.back_off();
-        None
+        false
     }
 
     /// Releases a read lock.
     ///
     /// # Safety
-    /// The caller holds a read lock it took from this lock (on any CPU),
-    /// centrally if `central`, as the locking call returned.
+    /// The caller holds a read lock it took from this lock (on any CPU).
     #[inline]
-    pub(crate) unsafe fn read_unlock(&self, central: bool) {
-        if central {
-            self.unlock_central();
-        } else {
-            // SAFETY: as promised by the caller.
-            unsafe { self.unlock_counted() };
-        }
-    }
-
-    /// Releases a read lock counted on the per-CPU counts.
-    ///
-    /// # Safety
-    /// The caller holds such a lock.
-    #[inline]
-    unsafe fn unlock_counted(&self) {
+    pub(crate) unsafe fn read_unlock(&self) {
         let env = &self.hot.env;
         env.count_unlock();
         env.light_fence();
@@ -470,16 +364,6 @@ impl<E: Env> RawRwLock<E> {
             }
         }
         self.wake_writer();
-    }
-
-    /// Releases a read lock held through the central count; the last one
-    /// out while a writer waits wakes it.
-    #[inline(never)]
-    fn unlock_central(&self) {
-        let s = self.hot.state.fetch_sub(ONE_READER, Release);
-        if s & WRITER != 0 && s >> READERS_SHIFT == 1 {
-            self.wake_writer();
-        }
     }
 
     /// Counts out a lock that saw WRITER, and tells the writer.
@@ -552,9 +436,10 @@ impl<E: Env> RawRwLock<E> {
         if self.cold.wlock.compare_exchange(0, 1, Acquire, Relaxed).is_err() {
             return false;
         }
-        let Some(how) = self.block_readers() else { return false };
-        let central_out = self.hot.state.load(SeqCst) >> READERS_SHIFT == 0;
-        if central_out && (how == Blocked::Central || self.drained().0) {
+        if self.block_readers().is_none() {
+            return false;
+        }
+        if self.drained().0 {
             return true;
         }
         // SAFETY: we hold the writers' mutex and set WRITER.
@@ -562,56 +447,43 @@ impl<E: Env> RawRwLock<E> {
         false
     }
 
-    /// Releases the write lock, switching readers to or from the central
-    /// count if the write decided so.
+    /// Releases the write lock, switching readers back to the unfenced
+    /// path if the write decided so.
     ///
     /// # Safety
     /// The caller holds the write lock.
     #[inline]
     pub(crate) unsafe fn write_unlock(&self) {
-        let (set, clear) = match self.cold.next_mode.swap(KEEP, Relaxed) {
-            TO_CENTRAL => (CENTRAL, 0),
-            FROM_CENTRAL => (0, CENTRAL),
-            TO_UNFENCED => (0, FENCED),
-            _ => (0, 0),
+        let unfence = self.cold.unfence_next.load(Relaxed) != 0;
+        let clear = if unfence {
+            self.cold.unfence_next.store(0, Relaxed);
+            WRITER | SLEEPERS | FENCED
+        } else {
+            WRITER | SLEEPERS
         };
-        let clear = WRITER | SLEEPERS | clear;
-        let old = match self.hot.state.fetch_update(SeqCst, Relaxed, |s| Some(s & !clear | set)) {
-            Ok(old) | Err(old) => old,
-        };
-        if old & SLEEPERS != 0 {
+        if self.hot.state.fetch_and(!clear, SeqCst) & SLEEPERS != 0 {
             self.hot.env.wake(&self.hot.state, u32::MAX);
         }
         self.unlock_writers();
     }
 
     /// Turns the write lock into a read lock, letting other readers in and
-    /// no writer. Returns whether the read lock is central, as
-    /// [`read_lock`](Self::read_lock) does.
+    /// no writer.
     ///
     /// # Safety
     /// The caller holds the write lock.
-    pub(crate) unsafe fn downgrade(&self) -> bool {
-        // The mode stays: a switch would not know about this reader.
-        self.cold.next_mode.store(KEEP, Relaxed);
-        // Counted while WRITER is set (so no central reader races us on
-        // the count): the next writer, who takes `wlock` after we release
-        // it, sees this count and waits for its unlock.
-        let central = self.hot.state.load(Relaxed) & CENTRAL != 0;
-        if central {
-            self.hot.state.fetch_add(ONE_READER, SeqCst);
-        } else {
-            self.hot.env.count_lock();
-        }
+    pub(crate) unsafe fn downgrade(&self) {
+        // Counted while WRITER is set: the next writer, who takes `wlock`
+        // after we release it, sees this count and waits for its unlock.
+        self.hot.env.count_lock();
         // SAFETY: the caller holds the write lock.
         unsafe { self.write_unlock() };
-        central
     }
 
     /// Whether a writer holds or waits for the lock, or a reader is inside
     /// (a snapshot, stale as soon as it is taken).
     pub(crate) fn is_locked(&self) -> bool {
-        self.hot.state.load(SeqCst) & !(FENCED | NO_BARRIER | CENTRAL | SLEEPERS) != 0 || {
+        self.hot.state.load(SeqCst) & WRITER != 0 || {
             self.hot.env.full_fence();
             !self.drained().0
         }
@@ -637,11 +509,6 @@ impl<E: Env> RawRwLock<E> {
             let no_barrier =
                 if s & NO_BARRIER == 0 && !env.has_heavy_barrier() { NO_BARRIER } else { 0 };
             state.fetch_or(WRITER | no_barrier, SeqCst);
-            if s & CENTRAL != 0 {
-                // Readers take the central count with a read-modify-write of
-                // `state`: they see WRITER, or we see their count.
-                return Some(Blocked::Central);
-            }
             // Every reader fences after its count: a fence here pairs with it.
             env.full_fence();
             return Some(Blocked::Fenced);
@@ -679,34 +546,17 @@ impl<E: Env> RawRwLock<E> {
         (locks == unlocks, locks)
     }
 
-    /// Whether the readers the writer must wait for are out: central
-    /// readers always, and those counted per CPU unless readers were
-    /// central when the writer blocked them. Returns the lock counts' sum
-    /// if it walked them.
-    fn readers_out(&self, how: Blocked) -> Option<Option<u64>> {
-        if self.hot.state.load(SeqCst) >> READERS_SHIFT != 0 {
-            return None;
-        }
-        if how == Blocked::Central {
-            return Some(None);
-        }
-        match self.drained() {
-            (true, locks) => Some(Some(locks)),
-            (false, _) => None,
-        }
-    }
-
-    /// Waits until [`readers_out`](Self::readers_out): spins, yields, then
-    /// sleeps on `gate`, woken by the unlock of any reader that sees WRITER.
-    /// Returns the lock counts' sum if it walked them.
-    fn wait_for_readers(&self, how: Blocked) -> Option<u64> {
+    /// Waits until [`drained`](Self::drained): spins, yields, then sleeps
+    /// on `gate`, woken by the unlock of any reader that sees WRITER.
+    /// Returns the lock counts' sum.
+    fn wait_for_readers(&self, how: Blocked) -> u64 {
         let env = &self.hot.env;
         let gate = &self.cold.gate;
         // Whether every later per-CPU unlock sees WRITER (and then `gate`).
         let mut heavy = how != Blocked::Fenced;
         let mut round = 0;
         let locks = loop {
-            if let Some(locks) = self.readers_out(how) {
+            if let (true, locks) = self.drained() {
                 break locks;
             }
             if round < E::SPINS + E::YIELDS {
@@ -732,7 +582,7 @@ impl<E: Env> RawRwLock<E> {
             }
             // Pairs with the fence in `wake_writer`.
             env.full_fence();
-            if let Some(locks) = self.readers_out(how) {
+            if let (true, locks) = self.drained() {
                 break locks;
             }
             if briefly {
@@ -746,49 +596,25 @@ impl<E: Env> RawRwLock<E> {
     }
 
     /// With the lock held: decides from the reads since the last write
-    /// whether readers should switch to the central count (reads few: the
-    /// writers' walks cost more than the readers' shared line) or back to
-    /// the per-CPU counts, at unlock. `locks`: the lock counts' sum, if the
-    /// write walked them.
-    fn choose_mode(&self, how: Blocked, locks: Option<u64>) {
+    /// (`locks`: the lock counts' sum now) whether readers should go back
+    /// to the unfenced path at unlock.
+    fn choose_mode(&self, how: Blocked, locks: u64) {
         let cold = &self.cold;
         let env = &self.hot.env;
-        let (locks, writes) = match (how, locks) {
-            (Blocked::Central, _) => {
-                // Walk the counts (readers count on them before taking the
-                // central count) only every CENTRAL_CHECK writes.
-                let n = cold.central_writes.load(Relaxed) + 1;
-                if n < E::CENTRAL_CHECK {
-                    cold.central_writes.store(n, Relaxed);
-                    return;
-                }
-                cold.central_writes.store(0, Relaxed);
-                (env.locks(), u64::from(n))
-            }
-            (_, Some(locks)) => (locks, 1),
-            (_, None) => return,
-        };
-        let reads = locks.wrapping_sub(cold.last_locks.load(Relaxed)) / writes;
+        let reads = locks.wrapping_sub(cold.last_locks.load(Relaxed));
         cold.last_locks.store(locks, Relaxed);
         // What the fence cost the readers since the last write, against
         // what a heavy barrier costs (itself, and an interrupt on every
         // CPU): past UNFENCE_FACTOR times that, unfenced readers and a
         // barrier per write are cheaper.
         let heavy = cold.heavy_cost.load(Relaxed).max(DEFAULT_HEAVY_NS);
-        let fence_cost = reads.saturating_mul(E::FENCE_NS);
-        let next = match how {
-            Blocked::Central if reads > E::LEAVE_CENTRAL_ABOVE => FROM_CENTRAL,
-            Blocked::Fenced if reads < E::ENTER_CENTRAL_BELOW => TO_CENTRAL,
-            Blocked::Fenced
-                if fence_cost > UNFENCE_FACTOR.saturating_mul(heavy)
-                    && self.hot.state.load(Relaxed) & NO_BARRIER == 0
-                    && env.has_heavy_barrier() =>
-            {
-                TO_UNFENCED
-            }
-            _ => KEEP,
-        };
-        cold.next_mode.store(next, Relaxed);
+        if how == Blocked::Fenced
+            && reads.saturating_mul(E::FENCE_NS) > UNFENCE_FACTOR.saturating_mul(heavy)
+            && self.hot.state.load(Relaxed) & NO_BARRIER == 0
+            && env.has_heavy_barrier()
+        {
+            cold.unfence_next.store(1, Relaxed);
+        }
     }
 
     /// Gives readers that met the previous writer a bounded moment to get
