@@ -199,6 +199,10 @@ fn stripe(count: usize) -> usize {
 /// let cpus = cpulocal::cpu::allowed().unwrap();
 /// assert!(!cpus.is_empty() && cpus.iter().all(|&c| c < cpulocal::cpu::count()));
 /// ```
+///
+/// # Errors
+/// The system's error if it will not say (`sched_getaffinity` fails), and
+/// [`io::ErrorKind::Unsupported`] on systems without CPU affinity.
 pub fn allowed() -> io::Result<Vec<usize>> {
     sys::affinity::process_allowed(count())
 }
@@ -215,6 +219,12 @@ pub fn allowed() -> io::Result<Vec<usize>> {
 /// cpulocal::cpu::set_affinity(&cpus).unwrap();
 /// assert!(cpulocal::cpu::set_affinity(&[]).is_err());
 /// ```
+///
+/// # Errors
+/// [`io::ErrorKind::InvalidInput`] for an empty set or an id at or above
+/// [`count`]; [`io::ErrorKind::Unsupported`] on systems without CPU
+/// affinity; otherwise the system's error (`sched_setaffinity` refused, for
+/// example a CPU outside the process's cpuset).
 pub fn set_affinity(cpus: &[usize]) -> io::Result<()> {
     if cpus.is_empty() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty CPU set"));

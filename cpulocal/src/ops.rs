@@ -80,6 +80,11 @@ pub struct PercpuU64 {
 impl PercpuU64 {
     /// Every word at zero.
     ///
+    /// ```
+    /// let w = cpulocal::ops::PercpuU64::new();
+    /// assert!(w.iter().all(|(_cpu, v)| v == 0));
+    /// ```
+    ///
     /// # Panics
     /// If per-CPU memory cannot be had; see [`PercpuU64::try_new`].
     pub fn new() -> PercpuU64 {

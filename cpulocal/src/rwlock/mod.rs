@@ -445,6 +445,15 @@ impl<T: ?Sized> RwLock<T> {
 
     /// Whether a writer holds the lock or waits for readers to leave (a
     /// snapshot, as [`is_locked`](Self::is_locked)).
+    ///
+    /// ```
+    /// let lock = cpulocal::RwLock::new(0);
+    /// let r = lock.read();
+    /// assert!(!lock.is_locked_exclusive());
+    /// drop(r);
+    /// let w = lock.write();
+    /// assert!(lock.is_locked_exclusive());
+    /// ```
     pub fn is_locked_exclusive(&self) -> bool {
         self.raw.is_write_locked()
     }
