@@ -611,6 +611,12 @@ impl<'a, T: ?Sized> RwLockReadGuard<'a, T> {
         MappedRwLockReadGuard { data, raw: orig.raw }
     }
 
+    /// The same read lock as a mapped guard of the whole value.
+    fn mapped(self) -> MappedRwLockReadGuard<'a, T> {
+        let this = ManuallyDrop::new(self);
+        MappedRwLockReadGuard { data: this.data, raw: this.raw }
+    }
+
     /// A guard for a part of the value if `f` finds one; otherwise the
     /// original guard back.
     ///
@@ -651,10 +657,7 @@ impl<'a, T: ?Sized> MappedRwLockReadGuard<'a, T> {
     /// assert_eq!(*MappedRwLockReadGuard::map(inner, |v| &v.1), 2);
     /// ```
     pub fn map<U: ?Sized, F: FnOnce(&T) -> &U>(orig: Self, f: F) -> MappedRwLockReadGuard<'a, U> {
-        // SAFETY: read-locked through `orig`; if `f` panics, `orig` unlocks.
-        let data = NonNull::from(f(unsafe { orig.data.as_ref() }));
-        let orig = ManuallyDrop::new(orig);
-        MappedRwLockReadGuard { data, raw: orig.raw }
+        RwLockReadGuard::map(orig.unmapped(), f)
     }
 
     /// As [`RwLockReadGuard::try_map`], for a part of a part.
@@ -672,15 +675,13 @@ impl<'a, T: ?Sized> MappedRwLockReadGuard<'a, T> {
         orig: Self,
         f: F,
     ) -> Result<MappedRwLockReadGuard<'a, U>, Self> {
-        // SAFETY: read-locked through `orig`; if `f` panics, `orig` unlocks.
-        match f(unsafe { orig.data.as_ref() }) {
-            Some(part) => {
-                let data = NonNull::from(part);
-                let orig = ManuallyDrop::new(orig);
-                Ok(MappedRwLockReadGuard { data, raw: orig.raw })
-            }
-            None => Err(orig),
-        }
+        RwLockReadGuard::try_map(orig.unmapped(), f).map_err(RwLockReadGuard::mapped)
+    }
+
+    /// The same read lock as a plain guard (the two differ only in name).
+    fn unmapped(self) -> RwLockReadGuard<'a, T> {
+        let this = ManuallyDrop::new(self);
+        RwLockReadGuard { data: this.data, raw: this.raw }
     }
 }
 

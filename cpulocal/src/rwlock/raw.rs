@@ -166,6 +166,28 @@ const UNFENCE_FACTOR: u64 = 2;
 /// nanoseconds (a `membarrier` here costs 0.4 to 3 microseconds).
 const DEFAULT_HEAVY_NS: u64 = 2_000;
 
+/// A lock whose `state` starts at `$state`, every other word at zero (a
+/// macro, so that the same words serve the `const fn` and loom's
+/// non-`const` atomics).
+macro_rules! new_raw {
+    ($env:expr, $state:expr) => {
+        RawRwLock {
+            hot: Hot { state: AtomicU32::new($state), env: $env },
+            cold: Cold {
+                wlock: AtomicU32::new(0),
+                parked: AtomicU32::new(0),
+                gate: AtomicU32::new(0),
+                fenced_until: AtomicU64::new(0),
+                heavy_cost: AtomicU64::new(0),
+                writes: AtomicU64::new(0),
+                writes_seen: AtomicU64::new(0),
+                last_locks: AtomicU64::new(0),
+                unfence_next: AtomicU32::new(0),
+            },
+        }
+    };
+}
+
 /// The lock without its data. See the [module docs](self).
 pub(crate) struct RawRwLock<E> {
     hot: Hot<E>,
@@ -175,20 +197,7 @@ pub(crate) struct RawRwLock<E> {
 impl<E: Env> RawRwLock<E> {
     #[cfg(not(loom))]
     pub(crate) const fn new(env: E) -> Self {
-        RawRwLock {
-            hot: Hot { state: AtomicU32::new(FENCED), env },
-            cold: Cold {
-                wlock: AtomicU32::new(0),
-                parked: AtomicU32::new(0),
-                gate: AtomicU32::new(0),
-                fenced_until: AtomicU64::new(0),
-                heavy_cost: AtomicU64::new(0),
-                writes: AtomicU64::new(0),
-                writes_seen: AtomicU64::new(0),
-                last_locks: AtomicU64::new(0),
-                unfence_next: AtomicU32::new(0),
-            },
-        }
+        new_raw!(env, FENCED)
     }
 
     /// loom's atomics have no `const fn new`. A lock without a heavy
@@ -197,20 +206,7 @@ impl<E: Env> RawRwLock<E> {
     #[cfg(loom)]
     pub(crate) fn new(env: E) -> Self {
         let no_barrier = if env.has_heavy_barrier() { 0 } else { NO_BARRIER };
-        RawRwLock {
-            hot: Hot { state: AtomicU32::new(FENCED | no_barrier), env },
-            cold: Cold {
-                wlock: AtomicU32::new(0),
-                parked: AtomicU32::new(0),
-                gate: AtomicU32::new(0),
-                fenced_until: AtomicU64::new(0),
-                heavy_cost: AtomicU64::new(0),
-                writes: AtomicU64::new(0),
-                writes_seen: AtomicU64::new(0),
-                last_locks: AtomicU64::new(0),
-                unfence_next: AtomicU32::new(0),
-            },
-        }
+        new_raw!(env, FENCED | no_barrier)
     }
 
     pub(crate) fn env(&self) -> &E {
