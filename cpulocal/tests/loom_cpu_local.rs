@@ -26,7 +26,9 @@
 #![cfg(loom)]
 
 use std::cell::Cell;
-use std::panic::{self, AssertUnwindSafe};
+mod loom_support;
+
+use loom_support::expect_failure;
 
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicU8, Ordering};
@@ -195,20 +197,6 @@ fn migrating_lockers(guard: Guard) {
 #[test]
 fn guard_keeps_its_slot_across_migration() {
     migrating_lockers(Guard::Holds);
-}
-
-/// Runs `model`, which must fail with a message containing one of `any`.
-fn expect_failure(model: impl FnOnce(), any: &[&str]) {
-    let found = panic::catch_unwind(AssertUnwindSafe(model));
-    let Err(payload) = found else {
-        panic!("loom found no failing execution of a broken design");
-    };
-    let message = payload
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| payload.downcast_ref::<&str>().copied())
-        .unwrap_or("");
-    assert!(any.iter().any(|m| message.contains(m)), "unexpected failure: {message}");
 }
 
 /// Unlocking where the thread runs now releases another slot's lock (maybe

@@ -30,7 +30,9 @@
 //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release -p cpulocal --test loom_percpu`.
 #![cfg(loom)]
 
-use std::panic::{self, AssertUnwindSafe};
+mod loom_support;
+
+use loom_support::expect_failure;
 
 use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use loom::sync::{Arc, Mutex};
@@ -230,20 +232,6 @@ fn growth_while_walking(growth: Growth) {
 #[test]
 fn growth_in_place_loses_nothing_and_walks_committed_memory() {
     growth_while_walking(Growth::InPlace);
-}
-
-/// Runs `model`, which must fail with a message containing one of `any`.
-fn expect_failure(model: impl FnOnce(), any: &[&str]) {
-    let found = panic::catch_unwind(AssertUnwindSafe(model));
-    let Err(payload) = found else {
-        panic!("loom found no failing execution of a broken design");
-    };
-    let message = payload
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| payload.downcast_ref::<&str>().copied())
-        .unwrap_or("");
-    assert!(any.iter().any(|m| message.contains(m)), "unexpected failure: {message}");
 }
 
 /// Committing after the mutex is released lets the second allocation hand

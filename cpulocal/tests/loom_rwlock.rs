@@ -32,12 +32,12 @@
 // `raw` takes its atomics from `super::sync`.
 use loom::sync;
 
+mod loom_support;
 #[allow(dead_code)]
 #[path = "../src/rwlock/raw.rs"]
 mod raw;
 
 use std::cell::Cell;
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64 as StdAtomicU64, AtomicUsize as StdAtomicUsize};
 
 use loom::cell::UnsafeCell;
@@ -45,6 +45,7 @@ use loom::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 
+use loom_support::expect_failure;
 use raw::{Env, RawRwLock};
 
 /// Model CPUs.
@@ -364,16 +365,7 @@ fn skipping_the_fence_in_fenced_mode_lets_writer_in() {
 /// Runs `model`, which must fail with a causality violation (a reader and
 /// the writer inside together).
 fn expect_violation(model: impl FnOnce()) {
-    let found = panic::catch_unwind(AssertUnwindSafe(model));
-    let Err(payload) = found else {
-        panic!("loom found no execution where the writer gets in with a reader");
-    };
-    let message = payload
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| payload.downcast_ref::<&str>().copied())
-        .unwrap_or("");
-    assert!(message.contains("Causality violation"), "unexpected failure: {message}");
+    expect_failure(model, &["Causality violation"]);
 }
 
 /// With one in-minus-out count per slot, the writer can read slot 0 before
