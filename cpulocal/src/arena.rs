@@ -124,7 +124,7 @@ mod tests {
         let mut free_bytes = 0;
         for (&start, &end) in &a.free {
             assert!(start < end && end <= a.high, "bad block [{start}, {end})");
-            assert!(prev_end.map_or(true, |p| p < start), "uncoalesced at {start}");
+            assert!(prev_end.is_none_or(|p| p < start), "uncoalesced at {start}");
             prev_end = Some(end);
             free_bytes += end - start;
         }
@@ -183,7 +183,7 @@ mod tests {
                             prop_assert_eq!(at % align, 0);
                             prop_assert!(at + size <= limit);
                             let before = live.range(..at + size).next_back();
-                            prop_assert!(before.map_or(true, |(&o, &l)| o + l <= at), "overlap at {}", at);
+                            prop_assert!(before.is_none_or(|(&o, &l)| o + l <= at), "overlap at {}", at);
                             live.insert(at, size);
                             high = high.max(at + size);
                         }

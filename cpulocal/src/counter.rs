@@ -49,11 +49,12 @@ use crate::percpu::AllocError;
 /// count, and [`try_init`](Self::try_init) allocates up front and returns
 /// the error.
 ///
-/// A `Counter` itself is 16 bytes: the words' address and the fallback
-/// word.
+/// A `Counter` itself is 24 bytes: the words' address, the bound on CPU
+/// ids its inline path checks (which also tells whether the words exist),
+/// and the fallback word.
 ///
 /// ```
-/// assert!(std::mem::size_of::<cpulocal::Counter>() <= 16);
+/// assert!(std::mem::size_of::<cpulocal::Counter>() <= 24);
 /// ```
 pub struct Counter {
     words: LazyWords,
@@ -135,12 +136,14 @@ impl Counter {
     /// ```
     #[inline]
     pub fn add(&self, n: u64) {
-        match self.words.get() {
-            Some(words) => words.add(n),
-            None => self.add_slow(n),
+        if !self.words.add_inline(n) {
+            self.add_slow(n);
         }
     }
 
+    /// The first use, a thread's first update, and every update the inline
+    /// path leaves to the general one (another backend, a CPU id beyond
+    /// the count).
     #[cold]
     #[inline(never)]
     fn add_slow(&self, n: u64) {

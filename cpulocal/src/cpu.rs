@@ -177,11 +177,22 @@ fn current_slow() -> usize {
     stripe(info.count)
 }
 
-/// A stable per-thread stripe, for when the system gives no CPU id.
+thread_local! {
+    /// The one CPU [`set_affinity`] last pinned this thread to, or
+    /// `usize::MAX`: where the system gives no CPU id, that is still known.
+    static PINNED: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// A stable per-thread stripe, for when the system gives no CPU id: the
+/// CPU the thread is pinned to if [`set_affinity`] pinned it to one.
 fn stripe(count: usize) -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
         static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    let pinned = PINNED.try_with(Cell::get).unwrap_or(usize::MAX);
+    if pinned < count {
+        return pinned;
     }
     let s = STRIPE.try_with(Cell::get).unwrap_or(0);
     if s != usize::MAX {
@@ -235,7 +246,10 @@ pub fn set_affinity(cpus: &[usize]) -> io::Result<()> {
             format!("CPU {bad} is not below cpu::count() = {}", count()),
         ));
     }
-    sys::affinity::set_current(cpus)
+    sys::affinity::set_current(cpus)?;
+    let one = if let [cpu] = cpus { *cpu } else { usize::MAX };
+    let _ = PINNED.try_with(|p| p.set(one));
+    Ok(())
 }
 
 /// Where a per-CPU update by the calling thread goes.
@@ -277,11 +291,25 @@ pub(crate) fn place() -> Place {
 #[inline(never)]
 fn place_slow() -> Place {
     if !sys::rseq::HAS_PERCPU_OPS || backend() != Backend::Rseq {
+        sys::rseq::park();
         return Place::Slot(current());
     }
     match sys::rseq::register_current_thread() {
         Some(area) => Place::Rseq(area),
         None => Place::Slot(spill_slot()),
+    }
+}
+
+/// The bound a lazily allocated object publishes for the restartable fast
+/// path (`sys::rseq::lazy_add`): [`count`] where that path applies (the
+/// rseq backend, regions of the size it is written for), else zero, which
+/// sends every update to the slow path.
+pub(crate) fn seq_limit() -> u32 {
+    let fits = sys::unit_shift() == sys::rseq::SEQ_SHIFT;
+    if sys::rseq::HAS_PERCPU_OPS && fits && backend() == Backend::Rseq {
+        u32::try_from(count()).unwrap_or(0)
+    } else {
+        0
     }
 }
 

@@ -51,7 +51,7 @@ use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use crate::cpu::{self, Place};
-use crate::percpu::{AllocError, LazyPercpu, Percpu};
+use crate::percpu::{AllocError, LazyPercpu, LazyPtr, Percpu};
 use crate::sys::rseq;
 
 /// A `u64` for every CPU (plus the [spill word](self#the-spill-word)), all
@@ -333,14 +333,13 @@ impl Words {
 ///
 /// [`Counter`]: crate::Counter
 pub(crate) struct LazyWords {
-    /// Slot 0's word, or null until allocated (see
-    /// [`publish_lazily`](crate::percpu::publish_lazily)).
-    ptr0: AtomicPtr<u8>,
+    /// Slot 0's word, or null until allocated, and the fast path's bound.
+    ptr: LazyPtr,
 }
 
 impl LazyWords {
     pub(crate) const fn new() -> LazyWords {
-        LazyWords { ptr0: AtomicPtr::new(ptr::null_mut()) }
+        LazyWords { ptr: LazyPtr::new() }
     }
 
     /// The words, if allocated: one load (plain on x86-64) and a test. The
@@ -349,23 +348,52 @@ impl LazyWords {
     pub(crate) fn get(&self) -> Option<Words> {
         // SAFETY: a published pointer is an 8-byte, 8-aligned, zeroed
         // per-CPU allocation, freed only when `self` is dropped.
-        NonNull::new(self.ptr0.load(Ordering::Acquire)).map(|p| unsafe { Words::new(p) })
+        self.ptr.get().map(|p| unsafe { Words::new(p) })
+    }
+
+    /// See [`add_inline`].
+    #[inline(always)]
+    pub(crate) fn add_inline(&self, value: u64) -> bool {
+        add_inline(&self.ptr, value)
     }
 
     /// The words, allocating them on first use.
     pub(crate) fn get_or_alloc(&self) -> Result<Words, AllocError> {
-        if let Some(words) = self.get() {
-            return Ok(words);
-        }
-        let ptr0 = crate::percpu::publish_lazily(&self.ptr0, 8, 8)?;
+        let ptr0 = self.ptr.get_or_alloc(8, 8)?;
         // SAFETY: as in `get`.
         Ok(unsafe { Words::new(ptr0) })
     }
 }
 
+/// Adds `value` to the current CPU's copy of the lazily allocated per-CPU
+/// word `ptr` if that can be done inline: the restartable fast path on
+/// x86-64, else [`Words::add`] once allocated. False when the caller must
+/// take its slow path (allocate, or let [`Words::add`] find the thread's
+/// place).
+///
+/// `ptr` must be (the pointer of) an 8-byte, 8-aligned per-CPU word whose
+/// CPU words are only updated through [`Words`], freed only with its owner.
+#[inline(always)]
+pub(crate) fn add_inline(ptr: &LazyPtr, value: u64) -> bool {
+    if rseq::HAS_PERCPU_OPS {
+        // SAFETY: a non-zero bound is published only for an allocated word
+        // per slot, alive as long as `ptr`'s owner, whose CPU words are only
+        // updated through `Words` (restartable sequences).
+        return unsafe { rseq::lazy_add::<0>(ptr, value) };
+    }
+    match ptr.get() {
+        Some(ptr0) => {
+            // SAFETY: as above.
+            unsafe { Words::new(ptr0) }.add(value);
+            true
+        }
+        None => false,
+    }
+}
+
 impl Drop for LazyWords {
     fn drop(&mut self) {
-        if let Some(ptr0) = NonNull::new(*self.ptr0.get_mut()) {
+        if let Some(ptr0) = self.ptr.get_mut() {
             // SAFETY: published by `publish_lazily(.., 8, 8)`; `&mut self`
             // means no word is in use any more.
             unsafe { crate::percpu::free_published(ptr0, 8) };

@@ -15,7 +15,7 @@ use std::error::Error;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 use crate::{cpu, region};
 
@@ -292,17 +292,71 @@ impl fmt::Debug for PercpuRef<'_> {
     }
 }
 
+/// Slot 0's copy of a per-CPU object allocated on first use, and the bound
+/// below which the restartable fast path may use a CPU id as a slot for it.
+///
+/// The bound is zero until the object is allocated, and stays zero where the
+/// fast path does not apply (another backend, a smaller region size than the
+/// one the fast path is compiled for): one comparison in the fast path then
+/// sends unallocated objects, CPU ids out of range and threads without an
+/// rseq area alike to the caller's slow path. It is published after the
+/// pointer, so a reader that sees it non-zero sees the pointer too.
+#[repr(C)]
+pub(crate) struct LazyPtr {
+    /// Slot 0's copy, or null until allocated.
+    ptr0: AtomicPtr<u8>,
+    /// See the type docs; read by the fast path at its `SEQ_LIMIT` offset.
+    seq_limit: AtomicU32,
+}
+
+impl LazyPtr {
+    pub(crate) const fn new() -> LazyPtr {
+        LazyPtr { ptr0: AtomicPtr::new(ptr::null_mut()), seq_limit: AtomicU32::new(0) }
+    }
+
+    /// Slot 0's copy, if allocated. The acquire load pairs with the
+    /// publishing exchange, so the zeroed bytes are visible.
+    #[inline(always)]
+    pub(crate) fn get(&self) -> Option<NonNull<u8>> {
+        NonNull::new(self.ptr0.load(Ordering::Acquire))
+    }
+
+    /// Slot 0's copy, allocating `size` bytes aligned to `align` per CPU on
+    /// first use (see [`publish_lazily`]).
+    #[inline]
+    pub(crate) fn get_or_alloc(
+        &self,
+        size: usize,
+        align: usize,
+    ) -> Result<NonNull<u8>, AllocError> {
+        match self.get() {
+            Some(ptr0) => Ok(ptr0),
+            None => publish_lazily(self, size, align),
+        }
+    }
+
+    /// Slot 0's copy, if allocated, for the owner.
+    pub(crate) fn get_mut(&mut self) -> Option<NonNull<u8>> {
+        NonNull::new(*self.ptr0.get_mut())
+    }
+
+    /// The byte offset of the pointer, for the fast path's assembly.
+    pub(crate) const PTR0: usize = std::mem::offset_of!(LazyPtr, ptr0);
+    /// The byte offset of the bound, for the fast path's assembly.
+    pub(crate) const SEQ_LIMIT: usize = std::mem::offset_of!(LazyPtr, seq_limit);
+}
+
 /// A [`Percpu`] that a `const fn` can make: the per-CPU bytes are allocated
 /// on first use, so that per-CPU objects can live in a `static`.
 ///
 /// The fast path is one load of the base pointer (a plain `mov` on x86-64)
-/// and a test for null. Threads that race to the first use each allocate;
-/// one publishes its allocation and the others free theirs, so every
-/// thread sees the same zero-filled copies. A failed allocation is not
-/// remembered: the next use tries again.
+/// and a test for null, or on x86-64 with the rseq backend one comparison
+/// inside the restartable sequence ([`LazyPtr`]). Threads that race to the
+/// first use each allocate; one publishes its allocation and the others
+/// free theirs, so every thread sees the same zero-filled copies. A failed
+/// allocation is not remembered: the next use tries again.
 pub(crate) struct LazyPercpu {
-    /// Slot 0's copy, or null until allocated.
-    ptr0: AtomicPtr<u8>,
+    ptr: LazyPtr,
     size: usize,
     align: usize,
 }
@@ -313,14 +367,19 @@ impl LazyPercpu {
     ///
     /// [`get_or_alloc`]: Self::get_or_alloc
     pub(crate) const fn new(size: usize, align: usize) -> LazyPercpu {
-        LazyPercpu { ptr0: AtomicPtr::new(ptr::null_mut()), size, align }
+        LazyPercpu { ptr: LazyPtr::new(), size, align }
     }
 
-    /// Slot 0's copy, if allocated. The acquire load pairs with the
-    /// publishing exchange, so the zeroed bytes are visible.
+    /// Slot 0's copy, if allocated.
     #[inline(always)]
     pub(crate) fn get(&self) -> Option<NonNull<u8>> {
-        NonNull::new(self.ptr0.load(Ordering::Acquire))
+        self.ptr.get()
+    }
+
+    /// The pointer and the fast path's bound.
+    #[inline(always)]
+    pub(crate) fn lazy_ptr(&self) -> &LazyPtr {
+        &self.ptr
     }
 
     /// Slot 0's copy, allocating every CPU's copy on first use.
@@ -334,7 +393,7 @@ impl LazyPercpu {
 
     #[cold]
     fn alloc_slow(&self) -> Result<NonNull<u8>, AllocError> {
-        publish_lazily(&self.ptr0, self.size, self.align)
+        publish_lazily(&self.ptr, self.size, self.align)
     }
 
     /// The copy in `slot` (a CPU id or [`cpu::spill_slot`]) of slot 0's copy
@@ -353,7 +412,7 @@ impl LazyPercpu {
 
 impl Drop for LazyPercpu {
     fn drop(&mut self) {
-        if let Some(ptr0) = NonNull::new(*self.ptr0.get_mut()) {
+        if let Some(ptr0) = self.ptr.get_mut() {
             // SAFETY: `ptr0` was published by `publish_lazily(size, ..)`,
             // and `&mut self` means no copy is in use any more.
             unsafe { free_published(ptr0, self.size) };
@@ -362,17 +421,18 @@ impl Drop for LazyPercpu {
 }
 
 /// Allocates `size` bytes aligned to `align` per CPU and publishes slot 0's
-/// copy in `ptr0`, unless another thread published first: then ours is
-/// freed and theirs returned. The first use of a [`LazyPercpu`], shared
-/// with per-CPU objects that know their size without storing it.
+/// copy in `lazy`, unless another thread published first: then ours is
+/// freed and theirs returned. Either way the fast path's bound is published
+/// after the pointer. The first use of a [`LazyPercpu`], shared with per-CPU
+/// objects that know their size without storing it.
 #[cold]
 pub(crate) fn publish_lazily(
-    ptr0: &AtomicPtr<u8>,
+    lazy: &LazyPtr,
     size: usize,
     align: usize,
 ) -> Result<NonNull<u8>, AllocError> {
     let ours = Percpu::alloc_aligned(size, align)?;
-    match ptr0.compare_exchange(
+    let published = match lazy.ptr0.compare_exchange(
         ptr::null_mut(),
         ours.ptr0.as_ptr(),
         Ordering::AcqRel,
@@ -381,12 +441,15 @@ pub(crate) fn publish_lazily(
         Ok(_) => {
             let published = ours.ptr0;
             std::mem::forget(ours);
-            Ok(published)
+            published
         }
         // Another thread published first; `ours` is freed on return.
         // SAFETY: only non-null pointers are ever published.
-        Err(theirs) => Ok(unsafe { NonNull::new_unchecked(theirs) }),
-    }
+        Err(theirs) => unsafe { NonNull::new_unchecked(theirs) },
+    };
+    // Every thread that gets here stores the same value.
+    lazy.seq_limit.store(cpu::seq_limit(), Ordering::Release);
+    Ok(published)
 }
 
 /// Frees what [`publish_lazily`] published.
@@ -404,7 +467,7 @@ impl fmt::Debug for LazyPercpu {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LazyPercpu")
             .field("size", &self.size)
-            .field("ptr0", &self.ptr0.load(Ordering::Relaxed))
+            .field("ptr0", &self.ptr.ptr0.load(Ordering::Relaxed))
             .finish()
     }
 }

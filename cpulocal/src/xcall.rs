@@ -405,7 +405,7 @@ impl Completion {
             state.pending.swap_remove(i);
         }
         if let Err(e) = outcome {
-            if state.failure.as_ref().map_or(true, |old| e.cpu() < old.cpu()) {
+            if state.failure.as_ref().is_none_or(|old| e.cpu() < old.cpu()) {
                 state.failure = Some(e);
             }
         }
@@ -509,7 +509,7 @@ fn start(cpu: usize) -> Result<Sender<Job>, XcallError> {
     thread::Builder::new()
         .name(format!("cpulocal-xc-{cpu}"))
         .spawn(move || {
-            let result = sys::affinity::set_current(&[cpu]);
+            let result = crate::cpu::set_affinity(&[cpu]);
             let ok = result.is_ok();
             let _ = pinned_tx.send(result);
             if ok {
@@ -546,7 +546,7 @@ fn submit(cpu: usize, tx: &Sender<Job>, job: Job) {
 /// Whether the calling service thread is on `cpu`, re-pinning it if the
 /// kernel moved it (after hot-unplug or a cpuset change).
 fn on_cpu(cpu: usize) -> bool {
-    sys::getcpu() == Some(cpu) || sys::affinity::set_current(&[cpu]).is_ok()
+    sys::getcpu() == Some(cpu) || crate::cpu::set_affinity(&[cpu]).is_ok()
 }
 
 /// Drops a panic payload whose own destructor may panic.

@@ -136,7 +136,7 @@ fn fork_mid_count_child_keeps_counting() {
                 s.spawn(move || {
                     let mut mine = 0u64;
                     while !stop.load(Ordering::Relaxed) {
-                        if mine % 256 == 0 {
+                        if mine.is_multiple_of(256) {
                             common::hop(cpus, t + (mine / 256) as usize);
                         }
                         c.inc();
@@ -280,7 +280,7 @@ fn thread_exit_destructors_are_counted() {
                 s.spawn(move || {
                     let mut mine = 0u64;
                     while !stop.load(Ordering::Relaxed) {
-                        if mine % 1024 == 0 {
+                        if mine.is_multiple_of(1024) {
                             common::hop(cpus, t + (mine / 1024) as usize);
                         }
                         counter.inc();

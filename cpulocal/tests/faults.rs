@@ -242,18 +242,8 @@ fn rseq_area_unregistered_behind_our_back() {
         );
     }
     die_after(120);
-    // SAFETY: dlsym only looks symbols up; glibc defines both as const data.
-    let (size, offset) = unsafe {
-        let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr());
-        let offset = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr());
-        if size.is_null() || offset.is_null() {
-            eprintln!("skipped: glibc does not register rseq here");
-            return;
-        }
-        (size.cast::<u32>().read(), offset.cast::<isize>().read())
-    };
-    if size < 20 {
-        eprintln!("skipped: glibc does not register rseq here");
+    if glibc_rseq_offset().is_none() {
+        eprintln!("skipped: glibc does not register rseq here (or not x86_64)");
         return;
     }
     let counter = Counter::new();
@@ -273,45 +263,107 @@ fn rseq_area_unregistered_behind_our_back() {
         s.spawn(|| {
             // Use the area first, so that the library holds on to it.
             counter.inc();
-            let tp: *mut u8;
-            // SAFETY: reads the x86_64 thread pointer (fs:0), no side effects.
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly));
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            {
-                let _ = offset;
-                eprintln!("skipped: thread pointer read only written for x86_64");
-                return;
-            }
-            #[cfg(target_arch = "x86_64")]
-            {
-                let area = tp.wrapping_offset(offset);
-                // SAFETY: unregisters glibc's area for this thread with the
-                // arguments glibc registered it with (32 bytes, its
-                // signature); glibc only reads the area afterwards.
-                let rc = unsafe {
-                    libc::syscall(libc::SYS_rseq, area, 32u32, 1, 0x5305_3053u32)
-                };
-                assert_eq!(rc, 0, "unregistering glibc's area: {}", std::io::Error::last_os_error());
-                // SAFETY: the area's `cpu_id` (offset 4) is a plain u32.
-                let id = unsafe { area.add(4).cast::<u32>().read_volatile() };
-                assert_eq!(id, u32::MAX, "the kernel leaves -1 in an unregistered area");
-                for i in 0..rounds {
-                    counter.inc();
-                    stack.push(Box::new(Node::new(i as u32)));
-                    assert!(stack.pop().is_some(), "a pushed node must come back");
-                    assert!(cpu::current() < cpu::count());
-                }
+            unregister_glibc_area();
+            for i in 0..rounds {
+                counter.inc();
+                stack.push(Box::new(Node::new(i as u32)));
+                assert!(stack.pop().is_some(), "a pushed node must come back");
+                assert!(cpu::current() < cpu::count());
             }
         });
         thread::sleep(Duration::from_millis(100));
         others.store(false, Ordering::Relaxed);
     });
-    if cfg!(target_arch = "x86_64") {
-        assert_eq!(counter.sum(), rounds + 1);
+    assert_eq!(counter.sum(), rounds + 1);
+}
+
+/// glibc's `__rseq_offset` where glibc registered rseq areas and this test
+/// can find them (x86_64: the thread pointer is `fs:0`).
+fn glibc_rseq_offset() -> Option<isize> {
+    if !cfg!(target_arch = "x86_64") {
+        return None;
     }
+    // SAFETY: dlsym only looks symbols up; glibc defines both as const data.
+    unsafe {
+        let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr());
+        let offset = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr());
+        if size.is_null() || offset.is_null() || size.cast::<u32>().read() < 20 {
+            return None;
+        }
+        Some(offset.cast::<isize>().read())
+    }
+}
+
+/// Unregisters glibc's rseq area for the calling thread behind the
+/// library's back (as a foreign `rseq(..., RSEQ_FLAG_UNREGISTER)` does). The
+/// caller checked [`glibc_rseq_offset`].
+fn unregister_glibc_area() {
+    let offset = glibc_rseq_offset().expect("glibc registers rseq here");
+    #[cfg(target_arch = "x86_64")]
+    {
+        let tp: *mut u8;
+        // SAFETY: reads the x86_64 thread pointer (fs:0), no side effects.
+        unsafe {
+            std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly));
+        }
+        let area = tp.wrapping_offset(offset);
+        // SAFETY: unregisters glibc's area for this thread with the
+        // arguments glibc registered it with (32 bytes, its signature);
+        // glibc only reads the area afterwards.
+        let rc = unsafe { libc::syscall(libc::SYS_rseq, area, 32u32, 1, 0x5305_3053u32) };
+        assert_eq!(rc, 0, "unregistering glibc's area: {}", std::io::Error::last_os_error());
+        // SAFETY: the area's `cpu_id` (offset 4) is a plain u32.
+        let id = unsafe { area.add(4).cast::<u32>().read_volatile() };
+        assert_eq!(id, u32::MAX, "the kernel leaves -1 in an unregistered area");
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = offset;
+}
+
+/// The spill slot is shared by CPU ids beyond the count and by threads
+/// without an rseq area, so every update of it must be atomic: one thread on
+/// a CPU id beyond the count (`CPULOCAL_POSSIBLE_CPUS=1`) and one whose area
+/// was unregistered count and read-lock at once, on two CPUs. A plain
+/// restartable `add` on the spill slot (a fast path that trusts one id too
+/// many) loses updates against the other's locked one.
+#[test]
+fn spill_slot_updates_stay_atomic() {
+    if !common::is_child() {
+        return common::in_child(
+            "spill_slot_updates_stay_atomic",
+            &[("CPULOCAL_POSSIBLE_CPUS", "1"), ("CPULOCAL_BACKEND", "rseq")],
+        );
+    }
+    die_after(120);
+    if glibc_rseq_offset().is_none() {
+        eprintln!("skipped: glibc does not register rseq here (or not x86_64)");
+        return;
+    }
+    let cpus = two_cpus();
+    let (low, high) = (cpus[0], *cpus.last().unwrap());
+    let counter = Counter::new();
+    let lock = RwLock::new(());
+    let rounds = common::scaled(2_000_000) as u64;
+    thread::scope(|s| {
+        s.spawn(|| {
+            hop(&[high], 0);
+            for _ in 0..rounds {
+                counter.inc();
+                drop(lock.read());
+            }
+        });
+        s.spawn(|| {
+            hop(&[low], 0);
+            counter.inc();
+            unregister_glibc_area();
+            for _ in 1..rounds {
+                counter.inc();
+                drop(lock.read());
+            }
+        });
+    });
+    assert_eq!(counter.sum(), 2 * rounds, "updates of the spill slot were lost");
+    assert!(lock.try_write().is_some(), "read-lock counts were lost: the lock looks held");
 }
 
 /// Makes the `rseq` system call fail with ENOSYS for the calling thread and
@@ -526,6 +578,15 @@ fn rlimit_as_too_small_for_the_full_reservation() {
         }
     });
     assert_eq!(c.sum(), 20_000);
+    // Each CPU's adds land in that CPU's own word, found at the region size
+    // actually reserved (not the largest one the fast path is built for).
+    for (step, &cpu) in cpus.iter().enumerate() {
+        common::hop(&cpus, step);
+        let before = c.per_cpu().nth(cpu).unwrap().1;
+        c.add(7);
+        let after = c.per_cpu().nth(cpu).unwrap().1;
+        assert_eq!(after.wrapping_sub(before), 7, "an add on CPU {cpu} missed its word");
+    }
     // An object as large as a region still fits; one byte more does not.
     let big = cpulocal::percpu::Percpu::alloc(reserved / 2).expect("half a region");
     drop(big);
@@ -560,7 +621,7 @@ fn allowed_cpus_shrink_and_grow_under_load() {
                     while !stop.load(Ordering::Relaxed) {
                         counter.inc();
                         *locked.lock() += 1;
-                        if mine % 16 == 0 {
+                        if mine.is_multiple_of(16) {
                             *rw.write() += 1;
                         } else {
                             drop(rw.read());

@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use crate::ops::Words;
+use crate::ops::{self, Words};
 use crate::percpu::{AllocError, LazyPercpu};
 
 mod export;
@@ -275,17 +275,19 @@ impl EventCounter {
     /// ```
     #[inline]
     pub fn add(&self, n: u64) {
-        match self.words.get() {
-            // SAFETY: `ptr0` is the published 8-byte, 8-aligned, zeroed
-            // allocation, freed only when `self` is dropped.
-            Some(ptr0) => unsafe { Words::new(ptr0) }.add(n),
-            None => self.add_slow(n),
+        if !ops::add_inline(self.words.lazy_ptr(), n) {
+            self.add_slow(n);
         }
     }
 
     #[cold]
     #[inline(never)]
     fn add_slow(&self, n: u64) {
+        if let Some(ptr0) = self.words.get() {
+            // SAFETY: `ptr0` is the published 8-byte, 8-aligned, zeroed
+            // allocation, freed only when `self` is dropped.
+            return unsafe { Words::new(ptr0) }.add(n);
+        }
         let entry = self.entry();
         match self.words.get_or_alloc() {
             Ok(ptr0) => {

@@ -92,6 +92,24 @@ impl Cpus {
         unsafe { AtomicU64::from_ptr(LazyPercpu::slot(base, slot).add(offset).cast()) }
     }
 
+    /// Adds one to this CPU's count at `OFFSET`: inline by a restartable
+    /// sequence where it can (a compiler barrier, and on x86-64 a plain
+    /// `add`, whose store is ordered after every earlier load and store:
+    /// the release `count_unlock` promises), else through [`Cpus::add`].
+    #[inline(always)]
+    fn add_fast<const OFFSET: usize>(&self, order: Ordering) {
+        if sys::rseq::HAS_PERCPU_OPS {
+            // SAFETY: a non-zero bound is published only once the counts are
+            // allocated: every slot's 16 bytes, alive as long as `self`,
+            // whose CPU slots are only updated by sequences.
+            if !unsafe { sys::rseq::lazy_add::<OFFSET>(self.counts.lazy_ptr(), 1) } {
+                self.add_cold(OFFSET, order);
+            }
+        } else {
+            self.add(OFFSET, order);
+        }
+    }
+
     #[inline(always)]
     fn add(&self, offset: usize, order: Ordering) {
         let Some(base) = self.counts.get() else { return self.add_cold(offset, order) };
@@ -110,9 +128,11 @@ impl Cpus {
         }
     }
 
-    /// The first count of this lock: allocate its per-CPU counts, or count
-    /// on the spare words if that fails.
+    /// The first count of this lock (allocate its per-CPU counts, or count
+    /// on the spare words if that fails), and every count the inline path
+    /// leaves to the general one.
     #[cold]
+    #[inline(never)]
     fn add_cold(&self, offset: usize, order: Ordering) {
         if self.counts.get_or_alloc().is_ok() {
             self.add(offset, order);
@@ -145,12 +165,12 @@ impl Env for Cpus {
 
     #[inline(always)]
     fn count_lock(&self) {
-        self.add(LOCKS, Ordering::Relaxed);
+        self.add_fast::<LOCKS>(Ordering::Relaxed);
     }
 
     #[inline(always)]
     fn count_unlock(&self) {
-        self.add(UNLOCKS, Ordering::Release);
+        self.add_fast::<UNLOCKS>(Ordering::Release);
     }
 
     fn locks(&self) -> u64 {

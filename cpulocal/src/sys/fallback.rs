@@ -137,6 +137,19 @@ pub(crate) mod rseq {
 
     pub(crate) fn set_limit(_count: usize) {}
 
+    pub(crate) const SEQ_SHIFT: u32 = super::MAX_UNIT_SHIFT;
+
+    pub(crate) fn park() {}
+
+    /// No restartable fast path: always the slow path.
+    #[inline(always)]
+    pub(crate) unsafe fn lazy_add<const OFFSET: usize>(
+        _ptr: &crate::percpu::LazyPtr,
+        _value: u64,
+    ) -> bool {
+        false
+    }
+
     pub(crate) fn pin_code() -> bool {
         false
     }

@@ -21,6 +21,9 @@ pub fn in_child(name: &str, env: &[(&str, &str)]) {
     let mut cmd = Command::new(exe);
     cmd.args([name, "--exact", "--nocapture", "--test-threads=1"]);
     cmd.env("CPULOCAL_TEST_CHILD", "1");
+    // Each child names the environment it needs; a backend forced on the
+    // whole run must not override the one a child test is about.
+    cmd.env_remove("CPULOCAL_BACKEND");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -140,7 +143,7 @@ pub fn signal_until(target: libc::pthread_t, done: &AtomicBool, handled: &Atomic
         let mut spins = 0u32;
         while handled.load(Ordering::Relaxed) == before && !done.load(Ordering::Acquire) {
             spins += 1;
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();

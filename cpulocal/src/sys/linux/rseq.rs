@@ -29,6 +29,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
+use crate::percpu::LazyPtr;
+
 /// The kernel's `struct rseq` (the original 32-byte layout).
 #[repr(C, align(32))]
 pub(crate) struct Area {
@@ -79,7 +81,32 @@ thread_local! {
     static STATE: Cell<u8> = const { Cell::new(UNINIT) };
     /// The area this library registers when glibc has not registered one.
     static OWN: UnsafeCell<Area> = const { UnsafeCell::new(Area::UNREGISTERED) };
+    /// The area [`lazy_add`] arms: never null, so the fast path tests
+    /// nothing before it. It is [`NO_AREA`] until the thread's first slow
+    /// path, then the registered area ([`register_current_thread`]), or the
+    /// thread's own unregistered area if it runs no sequences ([`park`]).
+    /// An area the kernel does not update reads `cpu_id` `u32::MAX`, which
+    /// fails the fast path's bound check.
+    static SEQ_AREA: Cell<*mut Area> = const { Cell::new(NO_AREA.0.get()) };
 }
+
+/// The area of threads that have not taken a slow path yet. Never
+/// registered: its `cpu_id` stays `u32::MAX`. Such threads write their
+/// descriptor's address into its `rseq_cs` (nobody reads it) once each
+/// before they find their own.
+struct NoArea(UnsafeCell<Area>);
+
+// SAFETY: the only writes are the aligned 8-byte stores of `rseq_cs` by
+// `lazy_add`'s assembly, single instructions whose value nobody reads; the
+// `cpu_id` the sequences read is never written.
+unsafe impl Sync for NoArea {}
+
+static NO_AREA: NoArea = NoArea(UnsafeCell::new(Area::UNREGISTERED));
+
+/// The region size (log2 bytes per CPU) [`lazy_add`] is written for: the
+/// largest one. Objects in regions reserved smaller (`RLIMIT_AS`) get a zero
+/// bound and take the slow path, whose sequences shift by the run-time size.
+pub(crate) const SEQ_SHIFT: u32 = super::MAX_UNIT_SHIFT;
 
 /// The number of CPU slots the sequences may index directly: `cpu::count()`.
 /// An id at or above it goes to the spill slot (slot `LIMIT`). Zero until
@@ -124,10 +151,26 @@ pub(crate) fn register_current_thread() -> Option<NonNull<Area>> {
     }
     let area = glibc_area().or_else(register_own);
     let _ = STATE.try_with(|s| s.set(if area.is_some() { ACTIVE } else { NONE }));
-    if let Some(area) = area {
-        AREA.with(|a| a.set(area.as_ptr()));
+    match area {
+        Some(area) => {
+            AREA.with(|a| a.set(area.as_ptr()));
+            SEQ_AREA.with(|a| a.set(area.as_ptr()));
+        }
+        None => park(),
     }
     area
+}
+
+/// Points [`lazy_add`] of a thread that runs no sequences at the thread's
+/// own area (which the kernel does not update unless registered, and then
+/// only for this thread), away from the shared [`NO_AREA`].
+#[cold]
+pub(crate) fn park() {
+    if let Ok(own) = OWN.try_with(UnsafeCell::get) {
+        if AREA.with(Cell::get).is_null() {
+            SEQ_AREA.with(|a| a.set(own));
+        }
+    }
 }
 
 /// Whether the calling thread can have an rseq area, without giving it one:
@@ -384,6 +427,67 @@ pub(crate) unsafe fn percpu_add(area: NonNull<Area>, base: *mut u8, value: u64) 
             options(nostack),
         );
     }
+}
+
+/// The fast path of a lazily allocated per-CPU `u64` at byte `OFFSET` of
+/// each CPU's copy: adds `value` to the word of the CPU the thread is on
+/// when the addition commits, with one restartable sequence that also
+/// checks everything else. Returns false, having done nothing, when the
+/// caller must take its slow path: the object is not allocated, the fast
+/// path does not apply to it, the thread has no registered area yet (or
+/// any more), or the CPU id is not below the object's bound ([`LazyPtr`]).
+///
+/// The body is [`percpu_add`]'s, with the bound and the base read from the
+/// object inside the sequence and the region size a constant
+/// ([`SEQ_SHIFT`]): no test before it, no load of a static.
+///
+/// # Safety
+/// While `ptr`'s bound is non-zero, every slot below it holds a `u64` at
+/// byte `OFFSET`, valid for writes, aligned, and written only by
+/// restartable sequences while any thread may run one on it.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn lazy_add<const OFFSET: usize>(ptr: &LazyPtr, value: u64) -> bool {
+    let area = SEQ_AREA.with(Cell::get);
+    // SAFETY: `area` is the thread's registered area, or an area the kernel
+    // does not update (its `cpu_id` reads `u32::MAX`); both are valid for
+    // the descriptor store. The bound is compared before anything else is
+    // read; a non-zero bound was published after the base (x86-64 keeps the
+    // two loads in order), and the caller guarantees the words below it.
+    // `percpu_sequence!` follows the rseq ABI; the add is the body's only
+    // store and its last instruction; the slow exit leaves before any store.
+    unsafe {
+        percpu_sequence!(
+            [
+                "mov {tmp:e}, dword ptr [{area} + 4]",
+                "cmp {tmp:e}, dword ptr [{ptr} + {seq_limit}]",
+                "jae {slow}",
+                "mov {base}, qword ptr [{ptr} + {ptr0}]",
+                "shl {tmp}, {shift}",
+                "add qword ptr [{base} + {tmp} + {offset}], {value}",
+            ],
+            [],
+            area = in(reg) area,
+            ptr = in(reg) ptr,
+            value = in(reg) value,
+            seq_limit = const LazyPtr::SEQ_LIMIT,
+            ptr0 = const LazyPtr::PTR0,
+            shift = const SEQ_SHIFT,
+            offset = const OFFSET,
+            base = out(reg) _,
+            tmp = out(reg) _,
+            slow = label { return false; },
+            options(nostack),
+        );
+    }
+    true
+}
+
+/// No restartable fast path on this architecture: always the slow path.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+pub(crate) unsafe fn lazy_add<const OFFSET: usize>(_ptr: &LazyPtr, _value: u64) -> bool {
+    false
 }
 
 /// Compare-and-store on the current CPU's word (librseq's
