@@ -49,12 +49,11 @@ use crate::percpu::AllocError;
 /// count, and [`try_init`](Self::try_init) allocates up front and returns
 /// the error.
 ///
-/// A `Counter` itself is 24 bytes: the words' address, the bound on CPU
-/// ids its inline path checks (which also tells whether the words exist),
-/// and the fallback word.
+/// A `Counter` itself is 16 bytes: the words' address and the fallback
+/// word.
 ///
 /// ```
-/// assert!(std::mem::size_of::<cpulocal::Counter>() <= 24);
+/// assert!(std::mem::size_of::<cpulocal::Counter>() <= 16);
 /// ```
 pub struct Counter {
     words: LazyWords,
@@ -148,7 +147,10 @@ impl Counter {
     #[inline(never)]
     fn add_slow(&self, n: u64) {
         match self.words.get_or_alloc() {
-            Ok(words) => words.add(n),
+            Ok(words) => {
+                words.add(n);
+                cpu::arm_fast_path();
+            }
             Err(_) => {
                 self.fallback.fetch_add(n, Ordering::Relaxed);
             }

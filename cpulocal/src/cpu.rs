@@ -60,6 +60,9 @@ impl fmt::Display for Backend {
 struct Info {
     count: usize,
     backend: Backend,
+    /// Whether every CPU id the kernel can report is below `count`: the
+    /// possible CPUs are known and no override lowered the count.
+    covers_every_id: bool,
 }
 
 /// [`count`], readable without the `OnceLock` check (0 until detected).
@@ -98,7 +101,8 @@ fn detect() -> Info {
     };
     sys::rseq::set_limit(count);
     COUNT.store(count, Ordering::Relaxed);
-    Info { count, backend }
+    let covers_every_id = possible.is_some_and(|p| count >= p);
+    Info { count, backend, covers_every_id }
 }
 
 /// `CPULOCAL_POSSIBLE_CPUS=N`: pretend `N` CPU ids are possible, for tests
@@ -291,7 +295,6 @@ pub(crate) fn place() -> Place {
 #[inline(never)]
 fn place_slow() -> Place {
     if !sys::rseq::HAS_PERCPU_OPS || backend() != Backend::Rseq {
-        sys::rseq::park();
         return Place::Slot(current());
     }
     match sys::rseq::register_current_thread() {
@@ -300,17 +303,21 @@ fn place_slow() -> Place {
     }
 }
 
-/// The bound a lazily allocated object publishes for the restartable fast
-/// path (`sys::rseq::lazy_add`): [`count`] where that path applies (the
-/// rseq backend, regions of the size it is written for), else zero, which
-/// sends every update to the slow path.
-pub(crate) fn seq_limit() -> u32 {
-    let fits = sys::unit_shift() == sys::rseq::SEQ_SHIFT;
-    if sys::rseq::HAS_PERCPU_OPS && fits && backend() == Backend::Rseq {
-        u32::try_from(count()).unwrap_or(0)
-    } else {
-        0
-    }
+/// Arms or disarms the calling thread's inline per-CPU add
+/// (`sys::rseq::percpu_add_fast`), after a slow path that found a per-CPU
+/// object allocated (so the region size is fixed). It applies with the rseq
+/// backend, when every id the kernel can report has a slot, and where the
+/// regions have the size the inline sequence is compiled for and lie above
+/// every CPU id (it compares ids with addresses).
+#[cold]
+pub(crate) fn arm_fast_path() {
+    let info = info();
+    let applies = sys::rseq::HAS_PERCPU_OPS
+        && info.backend == Backend::Rseq
+        && info.covers_every_id
+        && sys::unit_shift() == sys::rseq::SEQ_SHIFT
+        && crate::region::lowest_address() >= 1 << 32;
+    sys::rseq::arm_fast_path(applies);
 }
 
 #[cfg(test)]

@@ -367,28 +367,25 @@ impl LazyWords {
 
 /// Adds `value` to the current CPU's copy of the lazily allocated per-CPU
 /// word `ptr` if that can be done inline: the restartable fast path on
-/// x86-64, else [`Words::add`] once allocated. False when the caller must
-/// take its slow path (allocate, or let [`Words::add`] find the thread's
-/// place).
+/// x86-64 (once the thread's slow path armed it), else [`Words::add`]. False
+/// when the caller must take its slow path: allocate, or let
+/// [`Words::add`] find the thread's place and then
+/// [`cpu::arm_fast_path`].
 ///
 /// `ptr` must be (the pointer of) an 8-byte, 8-aligned per-CPU word whose
 /// CPU words are only updated through [`Words`], freed only with its owner.
 #[inline(always)]
 pub(crate) fn add_inline(ptr: &LazyPtr, value: u64) -> bool {
     if rseq::HAS_PERCPU_OPS {
-        // SAFETY: a non-zero bound is published only for an allocated word
-        // per slot, alive as long as `ptr`'s owner, whose CPU words are only
-        // updated through `Words` (restartable sequences).
-        return unsafe { rseq::lazy_add::<0>(ptr, value) };
+        // SAFETY: null, or a published word per slot, alive as long as
+        // `ptr`'s owner, whose CPU words are only updated through `Words`
+        // (restartable sequences).
+        return unsafe { rseq::percpu_add_fast::<0>(ptr.get_raw(), value) };
     }
-    match ptr.get() {
-        Some(ptr0) => {
-            // SAFETY: as above.
-            unsafe { Words::new(ptr0) }.add(value);
-            true
-        }
-        None => false,
-    }
+    let Some(ptr0) = ptr.get() else { return false };
+    // SAFETY: as above.
+    unsafe { Words::new(ptr0) }.add(value);
+    true
 }
 
 impl Drop for LazyWords {

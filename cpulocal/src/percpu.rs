@@ -15,7 +15,7 @@ use std::error::Error;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 use crate::{cpu, region};
 
@@ -292,26 +292,16 @@ impl fmt::Debug for PercpuRef<'_> {
     }
 }
 
-/// Slot 0's copy of a per-CPU object allocated on first use, and the bound
-/// below which the restartable fast path may use a CPU id as a slot for it.
-///
-/// The bound is zero until the object is allocated, and stays zero where the
-/// fast path does not apply (another backend, a smaller region size than the
-/// one the fast path is compiled for): one comparison in the fast path then
-/// sends unallocated objects, CPU ids out of range and threads without an
-/// rseq area alike to the caller's slow path. It is published after the
-/// pointer, so a reader that sees it non-zero sees the pointer too.
-#[repr(C)]
+/// Slot 0's copy of a per-CPU object allocated on first use: null until
+/// then, published once (see [`publish_lazily`]).
 pub(crate) struct LazyPtr {
     /// Slot 0's copy, or null until allocated.
     ptr0: AtomicPtr<u8>,
-    /// See the type docs; read by the fast path at its `SEQ_LIMIT` offset.
-    seq_limit: AtomicU32,
 }
 
 impl LazyPtr {
     pub(crate) const fn new() -> LazyPtr {
-        LazyPtr { ptr0: AtomicPtr::new(ptr::null_mut()), seq_limit: AtomicU32::new(0) }
+        LazyPtr { ptr0: AtomicPtr::new(ptr::null_mut()) }
     }
 
     /// Slot 0's copy, if allocated. The acquire load pairs with the
@@ -319,6 +309,13 @@ impl LazyPtr {
     #[inline(always)]
     pub(crate) fn get(&self) -> Option<NonNull<u8>> {
         NonNull::new(self.ptr0.load(Ordering::Acquire))
+    }
+
+    /// Slot 0's copy, or null if not allocated yet (same ordering as
+    /// [`get`](Self::get)).
+    #[inline(always)]
+    pub(crate) fn get_raw(&self) -> *mut u8 {
+        self.ptr0.load(Ordering::Acquire)
     }
 
     /// Slot 0's copy, allocating `size` bytes aligned to `align` per CPU on
@@ -339,19 +336,13 @@ impl LazyPtr {
     pub(crate) fn get_mut(&mut self) -> Option<NonNull<u8>> {
         NonNull::new(*self.ptr0.get_mut())
     }
-
-    /// The byte offset of the pointer, for the fast path's assembly.
-    pub(crate) const PTR0: usize = std::mem::offset_of!(LazyPtr, ptr0);
-    /// The byte offset of the bound, for the fast path's assembly.
-    pub(crate) const SEQ_LIMIT: usize = std::mem::offset_of!(LazyPtr, seq_limit);
 }
 
 /// A [`Percpu`] that a `const fn` can make: the per-CPU bytes are allocated
 /// on first use, so that per-CPU objects can live in a `static`.
 ///
 /// The fast path is one load of the base pointer (a plain `mov` on x86-64)
-/// and a test for null, or on x86-64 with the rseq backend one comparison
-/// inside the restartable sequence ([`LazyPtr`]). Threads that race to the
+/// and a test for null. Threads that race to the
 /// first use each allocate; one publishes its allocation and the others
 /// free theirs, so every thread sees the same zero-filled copies. A failed
 /// allocation is not remembered: the next use tries again.
@@ -422,9 +413,8 @@ impl Drop for LazyPercpu {
 
 /// Allocates `size` bytes aligned to `align` per CPU and publishes slot 0's
 /// copy in `lazy`, unless another thread published first: then ours is
-/// freed and theirs returned. Either way the fast path's bound is published
-/// after the pointer. The first use of a [`LazyPercpu`], shared with per-CPU
-/// objects that know their size without storing it.
+/// freed and theirs returned. The first use of a [`LazyPercpu`], shared
+/// with per-CPU objects that know their size without storing it.
 #[cold]
 pub(crate) fn publish_lazily(
     lazy: &LazyPtr,
@@ -432,7 +422,7 @@ pub(crate) fn publish_lazily(
     align: usize,
 ) -> Result<NonNull<u8>, AllocError> {
     let ours = Percpu::alloc_aligned(size, align)?;
-    let published = match lazy.ptr0.compare_exchange(
+    match lazy.ptr0.compare_exchange(
         ptr::null_mut(),
         ours.ptr0.as_ptr(),
         Ordering::AcqRel,
@@ -441,15 +431,12 @@ pub(crate) fn publish_lazily(
         Ok(_) => {
             let published = ours.ptr0;
             std::mem::forget(ours);
-            published
+            Ok(published)
         }
         // Another thread published first; `ours` is freed on return.
         // SAFETY: only non-null pointers are ever published.
-        Err(theirs) => unsafe { NonNull::new_unchecked(theirs) },
-    };
-    // Every thread that gets here stores the same value.
-    lazy.seq_limit.store(cpu::seq_limit(), Ordering::Release);
-    Ok(published)
+        Err(theirs) => Ok(unsafe { NonNull::new_unchecked(theirs) }),
+    }
 }
 
 /// Frees what [`publish_lazily`] published.

@@ -117,6 +117,11 @@ fn reserve() -> Result<Regions, AllocError> {
     Err(AllocError::System(last))
 }
 
+/// The lowest address of the regions (0 before they are reserved).
+pub(crate) fn lowest_address() -> usize {
+    regions().map_or(0, |r| r.res.base() as usize)
+}
+
 /// The address of `slot`'s copy, given slot 0's.
 #[inline(always)]
 pub(crate) fn slot_ptr(ptr0: NonNull<u8>, slot: usize) -> *mut u8 {

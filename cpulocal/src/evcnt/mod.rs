@@ -38,6 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use crate::cpu;
 use crate::ops::{self, Words};
 use crate::percpu::{AllocError, LazyPercpu};
 
@@ -286,14 +287,16 @@ impl EventCounter {
         if let Some(ptr0) = self.words.get() {
             // SAFETY: `ptr0` is the published 8-byte, 8-aligned, zeroed
             // allocation, freed only when `self` is dropped.
-            return unsafe { Words::new(ptr0) }.add(n);
+            unsafe { Words::new(ptr0) }.add(n);
+            return cpu::arm_fast_path();
         }
         let entry = self.entry();
         match self.words.get_or_alloc() {
             Ok(ptr0) => {
                 entry.words.store(ptr0.as_ptr(), Ordering::Release);
-                // SAFETY: as in `add`.
+                // SAFETY: as in the first use above.
                 unsafe { Words::new(ptr0) }.add(n);
+                cpu::arm_fast_path();
             }
             Err(_) => {
                 entry.failed.store(true, Ordering::Relaxed);

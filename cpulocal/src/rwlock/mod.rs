@@ -93,21 +93,22 @@ impl Cpus {
     }
 
     /// Adds one to this CPU's count at `OFFSET`: inline by a restartable
-    /// sequence where it can (a compiler barrier, and on x86-64 a plain
-    /// `add`, whose store is ordered after every earlier load and store:
-    /// the release `count_unlock` promises), else through [`Cpus::add`].
+    /// sequence where the thread's fast path is armed (a compiler barrier,
+    /// and a plain `add`, whose store is ordered after every earlier load
+    /// and store on x86-64: the release `count_unlock` promises), else
+    /// through [`Cpus::add`].
     #[inline(always)]
     fn add_fast<const OFFSET: usize>(&self, order: Ordering) {
         if sys::rseq::HAS_PERCPU_OPS {
-            // SAFETY: a non-zero bound is published only once the counts are
-            // allocated: every slot's 16 bytes, alive as long as `self`,
-            // whose CPU slots are only updated by sequences.
-            if !unsafe { sys::rseq::lazy_add::<OFFSET>(self.counts.lazy_ptr(), 1) } {
+            let base = self.counts.lazy_ptr().get_raw();
+            // SAFETY: null, or every slot's 16 zeroed bytes, alive as long
+            // as `self`, whose CPU slots are only updated by sequences.
+            if !unsafe { sys::rseq::percpu_add_fast::<OFFSET>(base, 1) } {
                 self.add_cold(OFFSET, order);
             }
-        } else {
-            self.add(OFFSET, order);
+            return;
         }
+        self.add(OFFSET, order);
     }
 
     #[inline(always)]
@@ -136,6 +137,7 @@ impl Cpus {
     fn add_cold(&self, offset: usize, order: Ordering) {
         if self.counts.get_or_alloc().is_ok() {
             self.add(offset, order);
+            cpu::arm_fast_path();
         } else {
             self.spare[offset / 8].fetch_add(1, Ordering::SeqCst);
         }

@@ -139,14 +139,11 @@ pub(crate) mod rseq {
 
     pub(crate) const SEQ_SHIFT: u32 = super::MAX_UNIT_SHIFT;
 
-    pub(crate) fn park() {}
+    pub(crate) fn arm_fast_path(_applies: bool) {}
 
-    /// No restartable fast path: always the slow path.
+    /// No inline fast path: always the slow path.
     #[inline(always)]
-    pub(crate) unsafe fn lazy_add<const OFFSET: usize>(
-        _ptr: &crate::percpu::LazyPtr,
-        _value: u64,
-    ) -> bool {
+    pub(crate) unsafe fn percpu_add_fast<const OFFSET: usize>(_base: *mut u8, _value: u64) -> bool {
         false
     }
 

@@ -21,6 +21,19 @@
 //! ([`set_limit`]) before it uses it: an id at or beyond it (a too-low
 //! possible-CPU count, an area unregistered behind our back, which reads
 //! `u32::MAX`) updates the spill slot with an atomic instruction instead.
+//!
+//! One sequence is shorter: [`percpu_add_fast`], the inline add of
+//! `Counter`, `EventCounter` and the read lock, as long as the raw
+//! instruction sequence with no checks at all. It reads the area from
+//! [`SEQ_AREA`], which a thread's slow path points at the registered area
+//! only where every id the kernel can report has a slot (the rseq backend,
+//! the possible CPUs known and not lowered by an override) and the regions
+//! have the size the sequence is compiled for ([`arm_fast_path`]); it is
+//! never null (an unregistered area until then), so nothing is tested
+//! before the sequence. Inside, one unsigned comparison of the
+//! sign-extended id with the object's base address stands for three
+//! checks: a negative id (an area the kernel does not update) and a null
+//! base (an object not allocated yet) both fail it, a real id passes.
 
 use std::cell::{Cell, UnsafeCell};
 use std::ptr::{self, NonNull};
@@ -28,8 +41,6 @@ use std::ptr::{self, NonNull};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
-
-use crate::percpu::LazyPtr;
 
 /// The kernel's `struct rseq` (the original 32-byte layout).
 #[repr(C, align(32))]
@@ -81,13 +92,15 @@ thread_local! {
     static STATE: Cell<u8> = const { Cell::new(UNINIT) };
     /// The area this library registers when glibc has not registered one.
     static OWN: UnsafeCell<Area> = const { UnsafeCell::new(Area::UNREGISTERED) };
-    /// The area [`lazy_add`] arms: never null, so the fast path tests
-    /// nothing before it. It is [`NO_AREA`] until the thread's first slow
-    /// path, then the registered area ([`register_current_thread`]), or the
-    /// thread's own unregistered area if it runs no sequences ([`park`]).
-    /// An area the kernel does not update reads `cpu_id` `u32::MAX`, which
-    /// fails the fast path's bound check.
+    /// The area [`percpu_add_fast`] arms: never null, so the fast path
+    /// tests nothing before it. [`NO_AREA`] until the thread's first slow
+    /// path ([`arm_fast_path`]), then the registered area where the fast
+    /// path applies, else [`PARKED`]. An area the kernel does not update
+    /// reads a negative `cpu_id`, which sends the fast path to the slow one.
     static SEQ_AREA: Cell<*mut Area> = const { Cell::new(NO_AREA.0.get()) };
+    /// An area never registered, for threads the fast path does not apply
+    /// to: their descriptor stores go to memory of their own.
+    static PARKED: UnsafeCell<Area> = const { UnsafeCell::new(Area::UNREGISTERED) };
 }
 
 /// The area of threads that have not taken a slow path yet. Never
@@ -97,15 +110,33 @@ thread_local! {
 struct NoArea(UnsafeCell<Area>);
 
 // SAFETY: the only writes are the aligned 8-byte stores of `rseq_cs` by
-// `lazy_add`'s assembly, single instructions whose value nobody reads; the
-// `cpu_id` the sequences read is never written.
+// `percpu_add_fast`'s assembly, single instructions whose value nobody
+// reads; the `cpu_id` the sequences read is never written.
 unsafe impl Sync for NoArea {}
 
 static NO_AREA: NoArea = NoArea(UnsafeCell::new(Area::UNREGISTERED));
 
-/// The region size (log2 bytes per CPU) [`lazy_add`] is written for: the
-/// largest one. Objects in regions reserved smaller (`RLIMIT_AS`) get a zero
-/// bound and take the slow path, whose sequences shift by the run-time size.
+/// Points the calling thread's [`percpu_add_fast`] at its registered area
+/// if `applies` (the caller knows that every CPU id the kernel can report
+/// has a slot, and that regions are [`SEQ_SHIFT`] in size), else at an
+/// area of its own that is never registered, so that the fast path always
+/// hands over to the slow one.
+#[cold]
+pub(crate) fn arm_fast_path(applies: bool) {
+    let area = match current_area() {
+        Some(area) if applies => area.as_ptr(),
+        _ => match PARKED.try_with(UnsafeCell::get) {
+            Ok(parked) => parked,
+            Err(_) => return,
+        },
+    };
+    let _ = SEQ_AREA.try_with(|a| a.set(area));
+}
+
+/// The region size (log2 bytes per CPU) [`percpu_add_fast`] is written for:
+/// the largest one. Where regions were reserved smaller (`RLIMIT_AS`) the
+/// fast path is never armed, and the slow path's sequences shift by the
+/// run-time size.
 pub(crate) const SEQ_SHIFT: u32 = super::MAX_UNIT_SHIFT;
 
 /// The number of CPU slots the sequences may index directly: `cpu::count()`.
@@ -151,26 +182,10 @@ pub(crate) fn register_current_thread() -> Option<NonNull<Area>> {
     }
     let area = glibc_area().or_else(register_own);
     let _ = STATE.try_with(|s| s.set(if area.is_some() { ACTIVE } else { NONE }));
-    match area {
-        Some(area) => {
-            AREA.with(|a| a.set(area.as_ptr()));
-            SEQ_AREA.with(|a| a.set(area.as_ptr()));
-        }
-        None => park(),
+    if let Some(area) = area {
+        AREA.with(|a| a.set(area.as_ptr()));
     }
     area
-}
-
-/// Points [`lazy_add`] of a thread that runs no sequences at the thread's
-/// own area (which the kernel does not update unless registered, and then
-/// only for this thread), away from the shared [`NO_AREA`].
-#[cold]
-pub(crate) fn park() {
-    if let Ok(own) = OWN.try_with(UnsafeCell::get) {
-        if AREA.with(Cell::get).is_null() {
-            SEQ_AREA.with(|a| a.set(own));
-        }
-    }
 }
 
 /// Whether the calling thread can have an rseq area, without giving it one:
@@ -429,52 +444,52 @@ pub(crate) unsafe fn percpu_add(area: NonNull<Area>, base: *mut u8, value: u64) 
     }
 }
 
-/// The fast path of a lazily allocated per-CPU `u64` at byte `OFFSET` of
-/// each CPU's copy: adds `value` to the word of the CPU the thread is on
-/// when the addition commits, with one restartable sequence that also
-/// checks everything else. Returns false, having done nothing, when the
-/// caller must take its slow path: the object is not allocated, the fast
-/// path does not apply to it, the thread has no registered area yet (or
-/// any more), or the CPU id is not below the object's bound ([`LazyPtr`]).
+/// The inline per-CPU add of `Counter`, `EventCounter` and the read lock:
+/// adds `value` to the `u64` at `base + OFFSET + (cpu << SEQ_SHIFT)`, `cpu`
+/// being the CPU the thread is on when the addition commits. Returns false,
+/// having done nothing, when `base` is null (not allocated yet), when the
+/// thread's fast path is not armed ([`arm_fast_path`]), or when its area is
+/// no longer registered: the caller then takes its slow path.
 ///
-/// The body is [`percpu_add`]'s, with the bound and the base read from the
-/// object inside the sequence and the region size a constant
-/// ([`SEQ_SHIFT`]): no test before it, no load of a static.
+/// [`percpu_add`]'s body with a constant shift and one comparison: the CPU
+/// id, sign-extended, must be below `base` as an unsigned number. An armed
+/// area belongs to a process in which every id the kernel reports has a
+/// slot, and ids are below 2^16 while a region's address is far above; an
+/// area the kernel does not update reads a negative id (-1 or -2), which
+/// sign-extends above every address; a null `base` is below every id.
 ///
 /// # Safety
-/// While `ptr`'s bound is non-zero, every slot below it holds a `u64` at
-/// byte `OFFSET`, valid for writes, aligned, and written only by
-/// restartable sequences while any thread may run one on it.
+/// `base` is null, or slot 0's copy of a per-CPU allocation holding a `u64`
+/// at byte `OFFSET` of every slot, valid for writes, aligned, whose CPU
+/// slots are written only by restartable sequences while any thread may
+/// run one, at an address of 2^32 or more (`cpu::arm_fast_path` checks
+/// that regions are).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(crate) unsafe fn lazy_add<const OFFSET: usize>(ptr: &LazyPtr, value: u64) -> bool {
+pub(crate) unsafe fn percpu_add_fast<const OFFSET: usize>(base: *mut u8, value: u64) -> bool {
     let area = SEQ_AREA.with(Cell::get);
-    // SAFETY: `area` is the thread's registered area, or an area the kernel
-    // does not update (its `cpu_id` reads `u32::MAX`); both are valid for
-    // the descriptor store. The bound is compared before anything else is
-    // read; a non-zero bound was published after the base (x86-64 keeps the
-    // two loads in order), and the caller guarantees the words below it.
-    // `percpu_sequence!` follows the rseq ABI; the add is the body's only
-    // store and its last instruction; the slow exit leaves before any store.
+    // SAFETY: `area` is the thread's registered area, or one the kernel does
+    // not update (its `cpu_id` is negative); both are valid for the
+    // descriptor store. An id that passes the comparison is a CPU id from
+    // an armed, registered area (below `cpu::count()`, so its slot exists)
+    // and `base` is not null (see above). `percpu_sequence!` follows the
+    // rseq ABI; the add is the body's only store and its last instruction;
+    // the slow exit leaves before it.
     unsafe {
         percpu_sequence!(
             [
-                "mov {tmp:e}, dword ptr [{area} + 4]",
-                "cmp {tmp:e}, dword ptr [{ptr} + {seq_limit}]",
+                "movsxd {tmp}, dword ptr [{area} + 4]",
+                "cmp {tmp}, {base}",
                 "jae {slow}",
-                "mov {base}, qword ptr [{ptr} + {ptr0}]",
                 "shl {tmp}, {shift}",
                 "add qword ptr [{base} + {tmp} + {offset}], {value}",
             ],
             [],
             area = in(reg) area,
-            ptr = in(reg) ptr,
+            base = in(reg) base,
             value = in(reg) value,
-            seq_limit = const LazyPtr::SEQ_LIMIT,
-            ptr0 = const LazyPtr::PTR0,
             shift = const SEQ_SHIFT,
             offset = const OFFSET,
-            base = out(reg) _,
             tmp = out(reg) _,
             slow = label { return false; },
             options(nostack),
@@ -483,10 +498,10 @@ pub(crate) unsafe fn lazy_add<const OFFSET: usize>(ptr: &LazyPtr, value: u64) ->
     true
 }
 
-/// No restartable fast path on this architecture: always the slow path.
+/// No inline fast path on this architecture: always the slow path.
 #[cfg(not(target_arch = "x86_64"))]
 #[inline(always)]
-pub(crate) unsafe fn lazy_add<const OFFSET: usize>(_ptr: &LazyPtr, _value: u64) -> bool {
+pub(crate) unsafe fn percpu_add_fast<const OFFSET: usize>(_base: *mut u8, _value: u64) -> bool {
     false
 }
 
