@@ -131,9 +131,6 @@ impl Model {
 impl Env for Model {
     const SPINS: u32 = 0;
     const YIELDS: u32 = 0;
-    // Every fenced write that saw a read switches readers back to the
-    // unfenced path: as many mode switches as can be.
-    const FENCE_NS: u64 = u64::MAX;
 
     fn count_lock(&self) {
         self.locks[next_slot()].fetch_add(1, Ordering::Relaxed);
@@ -172,6 +169,10 @@ impl Env for Model {
 
     fn full_fence(&self) {
         fence(Ordering::SeqCst);
+    }
+
+    fn fence_after_rmw(&self) {
+        self.full_fence();
     }
 
     fn fenced_reader_fence(&self) {

@@ -163,7 +163,6 @@ thread_local! {
 impl Env for Cpus {
     const SPINS: u32 = 6;
     const YIELDS: u32 = 8;
-    const FENCE_NS: u64 = 5;
 
     #[inline(always)]
     fn count_lock(&self) {
@@ -191,6 +190,18 @@ impl Env for Cpus {
     #[inline(always)]
     fn full_fence(&self) {
         sys::membarrier::full_fence();
+    }
+
+    #[inline(always)]
+    fn fence_after_rmw(&self) {
+        // A locked instruction is a full barrier on x86-64 (no later load
+        // passes it: Intel SDM vol. 3, "Memory Ordering"), so the RMW is the
+        // fence; elsewhere, a fence.
+        if cfg!(target_arch = "x86_64") {
+            compiler_fence(Ordering::SeqCst);
+        } else {
+            sys::membarrier::full_fence();
+        }
     }
 
     #[inline(always)]
@@ -263,10 +274,11 @@ impl Env for Cpus {
 ///   `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` (microseconds: an
 ///   interrupt for every CPU running this process), and switches readers to
 ///   a path with one fence (`lock or`, a few nanoseconds); writes that
-///   follow soon after need only a fence of their own. Once writes have
-///   stopped for a while (at least nine times what the barrier cost),
-///   readers drop the fence again. Where `membarrier` is unavailable,
-///   readers always fence.
+///   follow need only a fence of their own, so that a writer that writes
+///   every few milliseconds waits about as long as with a plain lock. Once
+///   writes have stopped for 20 ms (or nine times what the barrier cost, if
+///   more), readers drop the fence again. Where `membarrier` is
+///   unavailable, readers always fence.
 /// - Waiting is bounded before it sleeps: readers and writers spin, then
 ///   yield, then sleep on a futex. A writer never waits for a descheduled
 ///   reader for fairness' sake; readers that met a writer get a bounded

@@ -61,9 +61,12 @@ const NO_BARRIER: u32 = 8;
 /// at most about 1/(1 + `INHIBIT`) of a writer's time, however often it
 /// writes. DESIGN.md justifies the figure.
 pub(crate) const INHIBIT: u64 = 9;
-/// The least time readers stay fenced after a write, in nanoseconds: a
-/// floor for when a heavy barrier happens to be quick.
-pub(crate) const MIN_FENCED_NS: u64 = 50_000;
+/// The least time readers stay fenced after a write, in nanoseconds (20
+/// ms): writes that recur within it, as a periodic writer's do, find
+/// readers fenced and pay a fence, not a heavy barrier, so that their
+/// latency stays that of a plain lock; a heavy barrier comes at most once
+/// per quiet spell this long (DESIGN.md).
+pub(crate) const MIN_FENCED_NS: u64 = 20_000_000;
 
 /// Rounds of spinning (2 + 4 + 8 + 16 spin-loop hints, about a
 /// microsecond) a writer gives readers that met the previous writer.
@@ -76,10 +79,6 @@ pub(crate) trait Env {
     const SPINS: u32;
     /// Rounds of yielding before a waiter sleeps.
     const YIELDS: u32;
-    /// What a reader's full fence costs, in nanoseconds (for weighing
-    /// fenced reads against heavy barriers).
-    const FENCE_NS: u64;
-
     /// Adds one to the lock count of the slot the caller is on. Needs no
     /// ordering of its own.
     fn count_lock(&self);
@@ -99,6 +98,10 @@ pub(crate) trait Env {
     fn light_fence(&self);
     /// A full fence issued by the caller alone.
     fn full_fence(&self);
+    /// A full fence right after the caller's own `SeqCst` read-modify-write:
+    /// nothing more where a locked instruction already is one (x86-64),
+    /// else [`Env::full_fence`].
+    fn fence_after_rmw(&self);
     /// The fence of a reader that found the lock FENCED, between its count
     /// and its second look at `state`: [`Env::full_fence`] (apart so that
     /// the loom model can leave it out and show that it is needed).
@@ -141,11 +144,6 @@ struct Cold {
     /// reader last saw when it looked at the clock.
     writes: AtomicU64,
     writes_seen: AtomicU64,
-    /// The lock counts' sum at the last write.
-    last_locks: AtomicU64,
-    /// Whether the write in progress decided to switch readers back to the
-    /// unfenced path at its unlock (written only under `wlock`).
-    unfence_next: AtomicU32,
 }
 
 /// How a writer blocked readers.
@@ -156,15 +154,6 @@ enum Blocked {
     /// Readers fence: a fence of our own.
     Fenced,
 }
-
-/// A fenced write switches readers back to the unfenced path once their
-/// fences since the previous write cost more than this many heavy
-/// barriers (the barrier interrupts every running CPU besides the
-/// writer's: on 2 CPUs, twice its cost to the writer).
-const UNFENCE_FACTOR: u64 = 2;
-/// The heavy barrier's cost assumed before one has been timed, in
-/// nanoseconds (a `membarrier` here costs 0.4 to 3 microseconds).
-const DEFAULT_HEAVY_NS: u64 = 2_000;
 
 /// A lock whose `state` starts at `$state`, every other word at zero (a
 /// macro, so that the same words serve the `const fn` and loom's
@@ -181,8 +170,6 @@ macro_rules! new_raw {
                 heavy_cost: AtomicU64::new(0),
                 writes: AtomicU64::new(0),
                 writes_seen: AtomicU64::new(0),
-                last_locks: AtomicU64::new(0),
-                unfence_next: AtomicU32::new(0),
             },
         }
     };
@@ -422,8 +409,7 @@ impl<E: Env> RawRwLock<E> {
                  is no longer available (membarrier refused); readers now fence"
             );
         };
-        let locks = self.wait_for_readers(how);
-        self.choose_mode(how, locks);
+        self.wait_for_readers(how);
     }
 
     /// Takes the write lock if nobody holds or waits for it. May fail while
@@ -443,21 +429,13 @@ impl<E: Env> RawRwLock<E> {
         false
     }
 
-    /// Releases the write lock, switching readers back to the unfenced
-    /// path if the write decided so.
+    /// Releases the write lock.
     ///
     /// # Safety
     /// The caller holds the write lock.
     #[inline]
     pub(crate) unsafe fn write_unlock(&self) {
-        let unfence = self.cold.unfence_next.load(Relaxed) != 0;
-        let clear = if unfence {
-            self.cold.unfence_next.store(0, Relaxed);
-            WRITER | SLEEPERS | FENCED
-        } else {
-            WRITER | SLEEPERS
-        };
-        if self.hot.state.fetch_and(!clear, SeqCst) & SLEEPERS != 0 {
+        if self.hot.state.fetch_and(!(WRITER | SLEEPERS), SeqCst) & SLEEPERS != 0 {
             self.hot.env.wake(&self.hot.state, u32::MAX);
         }
         self.unlock_writers();
@@ -506,7 +484,7 @@ impl<E: Env> RawRwLock<E> {
                 if s & NO_BARRIER == 0 && !env.has_heavy_barrier() { NO_BARRIER } else { 0 };
             state.fetch_or(WRITER | no_barrier, SeqCst);
             // Every reader fences after its count: a fence here pairs with it.
-            env.full_fence();
+            env.fence_after_rmw();
             return Some(Blocked::Fenced);
         }
         // Readers skip their fence: interrupt them all. From now on they
@@ -544,16 +522,15 @@ impl<E: Env> RawRwLock<E> {
 
     /// Waits until [`drained`](Self::drained): spins, yields, then sleeps
     /// on `gate`, woken by the unlock of any reader that sees WRITER.
-    /// Returns the lock counts' sum.
-    fn wait_for_readers(&self, how: Blocked) -> u64 {
+    fn wait_for_readers(&self, how: Blocked) {
         let env = &self.hot.env;
         let gate = &self.cold.gate;
         // Whether every later per-CPU unlock sees WRITER (and then `gate`).
         let mut heavy = how != Blocked::Fenced;
         let mut round = 0;
-        let locks = loop {
-            if let (true, locks) = self.drained() {
-                break locks;
+        loop {
+            if self.drained().0 {
+                break;
             }
             if round < E::SPINS + E::YIELDS {
                 pause(round, E::SPINS);
@@ -578,39 +555,16 @@ impl<E: Env> RawRwLock<E> {
             }
             // Pairs with the fence in `wake_writer`.
             env.full_fence();
-            if let (true, locks) = self.drained() {
-                break locks;
+            if self.drained().0 {
+                break;
             }
             if briefly {
                 env.wait_briefly(gate, 1);
             } else {
                 env.wait(gate, 1);
             }
-        };
-        gate.store(0, Relaxed);
-        locks
-    }
-
-    /// With the lock held: decides from the reads since the last write
-    /// (`locks`: the lock counts' sum now) whether readers should go back
-    /// to the unfenced path at unlock.
-    fn choose_mode(&self, how: Blocked, locks: u64) {
-        let cold = &self.cold;
-        let env = &self.hot.env;
-        let reads = locks.wrapping_sub(cold.last_locks.load(Relaxed));
-        cold.last_locks.store(locks, Relaxed);
-        // What the fence cost the readers since the last write, against
-        // what a heavy barrier costs (itself, and an interrupt on every
-        // CPU): past UNFENCE_FACTOR times that, unfenced readers and a
-        // barrier per write are cheaper.
-        let heavy = cold.heavy_cost.load(Relaxed).max(DEFAULT_HEAVY_NS);
-        if how == Blocked::Fenced
-            && reads.saturating_mul(E::FENCE_NS) > UNFENCE_FACTOR.saturating_mul(heavy)
-            && self.hot.state.load(Relaxed) & NO_BARRIER == 0
-            && env.has_heavy_barrier()
-        {
-            cold.unfence_next.store(1, Relaxed);
         }
+        gate.store(0, Relaxed);
     }
 
     /// Gives readers that met the previous writer a bounded moment to get
