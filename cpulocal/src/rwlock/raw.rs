@@ -18,12 +18,19 @@
 //!         FENCED: readers fence between their count and their check of
 //!                 `state`, so writers need no heavy barrier. Set by a
 //!                 writer; cleared, once writes have stopped for a while,
-//!                 by a reader holding `wlock`.
+//!                 by a reader holding WLOCKED.
 //!         NO_BARRIER: no heavy barrier exists in this process; FENCED
 //!                 stays set and readers also fence when they unlock.
-//!         WRITER is written only under `wlock` (and SLEEPERS by readers
-//!         while WRITER is set); FENCED and NO_BARRIER only under `wlock`.
-//! wlock   the writers' mutex: 0 free, 1 held, 2 held and contended.
+//!         WLOCKED: the writers' mutex is held (by a writer, or briefly by
+//!                 a reader that changes the mode).
+//!         WWAITERS: writers sleep on `wseq` waiting for WLOCKED to clear.
+//!         WRITER is written only under WLOCKED (and SLEEPERS by readers
+//!         while WRITER is set); FENCED and NO_BARRIER only under WLOCKED.
+//!         One word, so that an uncontended write takes the mutex and
+//!         blocks readers in one read-modify-write and releases both in
+//!         another.
+//! wseq    bumped by a writer that releases WLOCKED with WWAITERS set: the
+//!         futex word sleeping writers wait on.
 //! parked  readers that met a writer and are not in yet; the next writer
 //!         gives them a bounded time to get in, never more.
 //! gate    1 while the writer sleeps waiting for readers to leave.
@@ -55,6 +62,10 @@ const SLEEPERS: u32 = 2;
 const FENCED: u32 = 4;
 /// `state`: no heavy barrier exists; readers fence on unlock too.
 const NO_BARRIER: u32 = 8;
+/// `state`: the writers' mutex is held.
+const WLOCKED: u32 = 16;
+/// `state`: writers sleep on `wseq`, waiting for the mutex.
+const WWAITERS: u32 = 32;
 
 /// How long readers stay fenced after a write, in units of the last heavy
 /// barrier's cost (BRAVO's inhibition factor): the heavy barriers then take
@@ -135,12 +146,12 @@ struct Hot<E> {
 /// Words written only while a writer is around, on a line of their own.
 #[repr(align(128))]
 struct Cold {
-    wlock: AtomicU32,
+    wseq: AtomicU32,
     parked: AtomicU32,
     gate: AtomicU32,
     fenced_until: AtomicU64,
     heavy_cost: AtomicU64,
-    /// Writes on the fenced path (written under `wlock`), and the count a
+    /// Writes on the fenced path (written under WLOCKED), and the count a
     /// reader last saw when it looked at the clock.
     writes: AtomicU64,
     writes_seen: AtomicU64,
@@ -163,7 +174,7 @@ macro_rules! new_raw {
         RawRwLock {
             hot: Hot { state: AtomicU32::new($state), env: $env },
             cold: Cold {
-                wlock: AtomicU32::new(0),
+                wseq: AtomicU32::new(0),
                 parked: AtomicU32::new(0),
                 gate: AtomicU32::new(0),
                 fenced_until: AtomicU64::new(0),
@@ -288,7 +299,7 @@ impl<E: Env> RawRwLock<E> {
         }
         // The mode bits change only under the writers' mutex, where writers
         // decide how to keep readers out.
-        if cold.wlock.compare_exchange(0, 1, Acquire, Relaxed).is_err() {
+        if !self.try_lock_writers() {
             return;
         }
         let state = &self.hot.state;
@@ -401,6 +412,9 @@ impl<E: Env> RawRwLock<E> {
     /// no longer issue (see [`Env::heavy_barrier`]); the lock is then fenced
     /// for good and later writes succeed.
     pub(crate) fn write_lock(&self) {
+        if let Some(how) = self.lock_and_block_fast() {
+            return self.wait_for_readers(how);
+        }
         self.lock_writers();
         self.let_parked_in();
         let Some(how) = self.block_readers() else {
@@ -415,7 +429,7 @@ impl<E: Env> RawRwLock<E> {
     /// Takes the write lock if nobody holds or waits for it. May fail while
     /// a reader is between its count and its check of `state`.
     pub(crate) fn try_write_lock(&self) -> bool {
-        if self.cold.wlock.compare_exchange(0, 1, Acquire, Relaxed).is_err() {
+        if !self.try_lock_writers() {
             return false;
         }
         if self.block_readers().is_none() {
@@ -435,10 +449,13 @@ impl<E: Env> RawRwLock<E> {
     /// The caller holds the write lock.
     #[inline]
     pub(crate) unsafe fn write_unlock(&self) {
-        if self.hot.state.fetch_and(!(WRITER | SLEEPERS), SeqCst) & SLEEPERS != 0 {
+        let s = self.hot.state.fetch_and(!(WRITER | SLEEPERS | WLOCKED | WWAITERS), SeqCst);
+        if s & SLEEPERS != 0 {
             self.hot.env.wake(&self.hot.state, u32::MAX);
         }
-        self.unlock_writers();
+        if s & WWAITERS != 0 {
+            self.wake_a_writer();
+        }
     }
 
     /// Turns the write lock into a read lock, letting other readers in and
@@ -447,7 +464,7 @@ impl<E: Env> RawRwLock<E> {
     /// # Safety
     /// The caller holds the write lock.
     pub(crate) unsafe fn downgrade(&self) {
-        // Counted while WRITER is set: the next writer, who takes `wlock`
+        // Counted while WRITER is set: the next writer, who takes WLOCKED
         // after we release it, sees this count and waits for its unlock.
         self.hot.env.count_lock();
         // SAFETY: the caller holds the write lock.
@@ -468,18 +485,17 @@ impl<E: Env> RawRwLock<E> {
         self.hot.state.load(SeqCst) & WRITER != 0
     }
 
-    /// Sets WRITER and makes every reader's later check of `state` see it.
-    /// Returns how readers were blocked, or `None` (with `wlock` released
-    /// and the lock fenced for good) if a heavy barrier was needed and
-    /// there is none.
+    /// With the writers' mutex held: sets WRITER and makes every reader's
+    /// later check of `state` see it. Returns how readers were blocked, or
+    /// `None` (with the mutex released and the lock fenced for good) if a
+    /// heavy barrier was needed and there is none.
     fn block_readers(&self) -> Option<Blocked> {
         let env = &self.hot.env;
         let state = &self.hot.state;
         let cold = &self.cold;
         let s = state.load(Relaxed);
         if s & FENCED != 0 {
-            // Readers restart the fenced window when they see this change.
-            cold.writes.store(cold.writes.load(Relaxed).wrapping_add(1), Relaxed);
+            self.note_fenced_write();
             let no_barrier =
                 if s & NO_BARRIER == 0 && !env.has_heavy_barrier() { NO_BARRIER } else { 0 };
             state.fetch_or(WRITER | no_barrier, SeqCst);
@@ -581,34 +597,90 @@ impl<E: Env> RawRwLock<E> {
         }
     }
 
-    fn lock_writers(&self) {
-        let wlock = &self.cold.wlock;
-        if wlock.compare_exchange(0, 1, Acquire, Relaxed).is_ok() {
-            return;
+    /// The uncontended write, in one read-modify-write: if the writers'
+    /// mutex is free, no reader is parked and readers fence, takes the
+    /// mutex and sets WRITER at once (the read-modify-write is the fence
+    /// that pairs with the readers'). `None`, having changed nothing,
+    /// otherwise: the caller takes the general path.
+    #[inline]
+    fn lock_and_block_fast(&self) -> Option<Blocked> {
+        let state = &self.hot.state;
+        let env = &self.hot.env;
+        let s = state.load(Relaxed);
+        if s & (WLOCKED | WRITER | FENCED) != FENCED || self.cold.parked.load(Acquire) != 0 {
+            return None;
         }
+        let no_barrier =
+            if s & NO_BARRIER == 0 && !env.has_heavy_barrier() { NO_BARRIER } else { 0 };
+        state.compare_exchange(s, s | WLOCKED | WRITER | no_barrier, SeqCst, Relaxed).ok()?;
+        env.fence_after_rmw();
+        self.note_fenced_write();
+        Some(Blocked::Fenced)
+    }
+
+    /// Tells readers on the fenced path that a write happened (they restart
+    /// their window when they see it change). Under the writers' mutex.
+    fn note_fenced_write(&self) {
+        let writes = &self.cold.writes;
+        writes.store(writes.load(Relaxed).wrapping_add(1), Relaxed);
+    }
+
+    /// Takes the writers' mutex if it is free.
+    fn try_lock_writers(&self) -> bool {
+        let state = &self.hot.state;
+        let s = state.load(Relaxed);
+        s & WLOCKED == 0 && state.compare_exchange(s, s | WLOCKED, Acquire, Relaxed).is_ok()
+    }
+
+    /// Takes the writers' mutex: spins, yields, then sleeps on `wseq`.
+    fn lock_writers(&self) {
+        let state = &self.hot.state;
         let mut round = 0;
+        // Once we have slept, other writers may sleep too, and a release
+        // clears WWAITERS and wakes only one: whoever of us takes the mutex
+        // sets it again, so that its release wakes the next.
+        let mut slept = false;
         loop {
+            let s = state.load(Relaxed);
+            let take = if slept { WLOCKED | WWAITERS } else { WLOCKED };
+            if s & WLOCKED == 0 && state.compare_exchange(s, s | take, Acquire, Relaxed).is_ok() {
+                return;
+            }
             if round < E::SPINS + E::YIELDS {
-                if wlock.load(Relaxed) == 0
-                    && wlock.compare_exchange(0, 1, Acquire, Relaxed).is_ok()
-                {
-                    return;
-                }
                 pause(round, E::SPINS);
                 round += 1;
                 continue;
             }
-            if wlock.swap(2, Acquire) == 0 {
-                return;
+            // Read before looking at `state`: a release that comes after
+            // the look bumps it, and the wait then returns at once.
+            let seq = self.cold.wseq.load(SeqCst);
+            let s = state.load(SeqCst);
+            if s & WLOCKED == 0 {
+                continue;
             }
-            self.hot.env.wait(wlock, 2);
+            if s & WWAITERS == 0
+                && state.compare_exchange(s, s | WWAITERS, SeqCst, Relaxed).is_err()
+            {
+                continue;
+            }
+            self.hot.env.wait(&self.cold.wseq, seq);
+            slept = true;
         }
     }
 
+    /// Releases the writers' mutex (WRITER is clear).
     fn unlock_writers(&self) {
-        if self.cold.wlock.swap(0, Release) == 2 {
-            self.hot.env.wake(&self.cold.wlock, 1);
+        if self.hot.state.fetch_and(!(WLOCKED | WWAITERS), SeqCst) & WWAITERS != 0 {
+            self.wake_a_writer();
         }
+    }
+
+    /// The mutex was released with WWAITERS set: wake one sleeping writer
+    /// (it takes the mutex with WWAITERS set again, for the others).
+    #[cold]
+    fn wake_a_writer(&self) {
+        self.cold.wseq.fetch_add(1, SeqCst);
+        self.hot.env.wake(&self.cold.wseq, 1);
     }
 }
 
