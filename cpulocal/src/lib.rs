@@ -78,6 +78,10 @@ pub mod xcall;
 pub use counter::Counter;
 pub use cpu_local::{CpuLocal, CpuLocalGuard, LockedCpuLocal};
 pub use percpu::AllocError;
+#[cfg(all(feature = "lock_api", not(loom)))]
+pub use rwlock::lock_api::{
+    LockApiRwLock, LockApiRwLockReadGuard, LockApiRwLockWriteGuard, RawRwLock,
+};
 pub use rwlock::{
     MappedRwLockReadGuard, MappedRwLockWriteGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
 };
