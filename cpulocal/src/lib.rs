@@ -27,6 +27,8 @@
 //!   process with `cpulocal stat PID`.
 //! - [`RwLock<T>`]: a distributed reader/writer lock: readers touch only
 //!   their own CPU's counts; writers pay a `membarrier`.
+//!   With feature `lock_api`, `RawRwLock` is the same lock as a
+//!   `lock_api::RawRwLock`, and `LockApiRwLock<T>` a `lock_api::RwLock`.
 //! - [`ops`]: typed per-CPU words and free lists for building your own
 //!   structures: [`PercpuU64`](ops::PercpuU64) and
 //!   [`PercpuStack`](ops::PercpuStack), with operations on the current
