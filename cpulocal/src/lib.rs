@@ -27,6 +27,8 @@
 //!   process with `cpulocal stat PID`.
 //! - [`RwLock<T>`]: a distributed reader/writer lock: readers touch only
 //!   their own CPU's counts; writers pay a `membarrier`.
+//!   With feature `lock_api`, `RawRwLock` is the same lock as a
+//!   `lock_api::RawRwLock`, and `LockApiRwLock<T>` a `lock_api::RwLock`.
 //! - [`ops`]: typed per-CPU words and free lists for building your own
 //!   structures: [`PercpuU64`](ops::PercpuU64) and
 //!   [`PercpuStack`](ops::PercpuStack), with operations on the current
@@ -78,6 +80,10 @@ pub mod xcall;
 pub use counter::Counter;
 pub use cpu_local::{CpuLocal, CpuLocalGuard, LockedCpuLocal};
 pub use percpu::AllocError;
+#[cfg(all(feature = "lock_api", not(loom)))]
+pub use rwlock::lock_api::{
+    LockApiRwLock, LockApiRwLockReadGuard, LockApiRwLockWriteGuard, RawRwLock,
+};
 pub use rwlock::{
     MappedRwLockReadGuard, MappedRwLockWriteGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
 };

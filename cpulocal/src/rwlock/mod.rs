@@ -15,6 +15,8 @@
 //! The protocol lives in [`raw`], generic over where the counts live, so
 //! that the loom model in `tests/loom_rwlock.rs` runs the same code.
 
+#[cfg(all(feature = "lock_api", not(loom)))]
+pub(crate) mod lock_api;
 mod raw;
 
 use std::cell::{Cell, UnsafeCell};
@@ -326,10 +328,15 @@ impl Env for Cpus {
 /// assert_sync(&cpulocal::RwLock::new(std::sync::atomic::AtomicU8::new(0)));
 /// ```
 ///
-/// Not in this lock: upgradable read locks (an upgrade must wait for every
-/// other reader, which here means a walk of every CPU's counts under a
-/// blocked-reader state; use `write()` and re-check instead), timed locks
-/// and poisoning.
+/// Code written against `lock_api` can have the same lock: with the
+/// feature `lock_api`, `cpulocal::RawRwLock` implements
+/// `lock_api::RawRwLock` and `lock_api::RawRwLockDowngrade`, and
+/// `LockApiRwLock<T>` is `lock_api::RwLock<cpulocal::RawRwLock, T>`.
+///
+/// Not in this lock, nor in its `lock_api` implementation: upgradable read
+/// locks (an upgrade must wait for every other reader, which here means a
+/// walk of every CPU's counts under a blocked-reader state; use `write()`
+/// and re-check instead), timed locks and poisoning.
 pub struct RwLock<T: ?Sized> {
     raw: RawRwLock<Cpus>,
     data: UnsafeCell<T>,
