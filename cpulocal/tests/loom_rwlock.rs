@@ -466,14 +466,16 @@ impl Lock {
         self.raw.upgradable_lock();
         // SAFETY: upgradable-locked: writers are out; loom checks the claim.
         let before = self.data.with(|p| unsafe { *p });
-        // SAFETY (all three): we hold the upgradable lock taken above.
         let upgraded = match how {
             Upgrade::Blocking => {
+                // SAFETY: we hold the upgradable lock taken above.
                 unsafe { self.raw.upgrade() };
                 true
             }
+            // SAFETY: as above.
             Upgrade::Try => unsafe { self.raw.try_upgrade() },
             Upgrade::SkipWait => {
+                // SAFETY: as above.
                 let upgraded = unsafe { self.raw.try_upgrade() };
                 // SAFETY: not safe at all: the bug the model must find.
                 self.data.with_mut(|p| unsafe { *p += 1 });
@@ -589,13 +591,15 @@ fn downgrades_through_upgradable() {
             *p += 1;
             *p
         });
-        // SAFETY: (each step) the lock the previous step left us.
+        // SAFETY: write-locked above.
         unsafe { lock.raw.downgrade_to_upgradable() };
         // SAFETY: upgradable-locked: no writer since our write.
         assert_eq!(lock.data.with(|p| unsafe { *p }), first);
+        // SAFETY: upgradable-locked by the downgrade.
         unsafe { lock.raw.downgrade_upgradable() };
         // SAFETY: read-locked, still no writer since our write.
         assert_eq!(lock.data.with(|p| unsafe { *p }), first);
+        // SAFETY: read-locked by the downgrade.
         unsafe { lock.raw.read_unlock() };
         assert!(upgrader.join().unwrap());
         assert!(reader.join().unwrap() <= 2);
