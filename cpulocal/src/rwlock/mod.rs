@@ -494,8 +494,9 @@ impl<T: ?Sized> RwLock<T> {
         RwLockUpgradableReadGuard { lock: self, _not_send: PhantomData }
     }
 
-    /// Locks for an upgradable read if no writer or upgradable reader holds
-    /// or waits for the lock. Never sleeps.
+    /// Locks for an upgradable read if no writer (waiting for readers to
+    /// leave, or inside) or upgradable reader holds the lock. Never sleeps;
+    /// may also fail while a reader switches how readers fence.
     ///
     /// ```
     /// let lock = cpulocal::RwLock::new(5);

@@ -488,8 +488,7 @@ impl<E: Env> RawRwLock<E> {
         self.lock_writers();
     }
 
-    /// Takes an upgradable read lock if no writer or upgradable reader
-    /// holds or waits for the writers' mutex.
+    /// Takes an upgradable read lock if the writers' mutex is free.
     pub(crate) fn try_upgradable_lock(&self) -> bool {
         self.try_lock_writers()
     }
