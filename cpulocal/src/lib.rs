@@ -82,10 +82,12 @@ pub use cpu_local::{CpuLocal, CpuLocalGuard, LockedCpuLocal};
 pub use percpu::AllocError;
 #[cfg(all(feature = "lock_api", not(loom)))]
 pub use rwlock::lock_api::{
-    LockApiRwLock, LockApiRwLockReadGuard, LockApiRwLockWriteGuard, RawRwLock,
+    LockApiRwLock, LockApiRwLockReadGuard, LockApiRwLockUpgradableReadGuard,
+    LockApiRwLockWriteGuard, RawRwLock,
 };
 pub use rwlock::{
-    MappedRwLockReadGuard, MappedRwLockWriteGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
+    MappedRwLockReadGuard, MappedRwLockWriteGuard, RwLock, RwLockReadGuard,
+    RwLockUpgradableReadGuard, RwLockWriteGuard,
 };
 
 /// The crate README's examples, compiled and run as doctests.

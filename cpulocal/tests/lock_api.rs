@@ -1,8 +1,8 @@
 //! `cpulocal::RawRwLock` under `lock_api::RwLock`: writers exclude readers
 //! and each other (exact totals, a pair only writers may see unequal), the
 //! `try_*` calls, `downgrade`, a `static` lock, guards released on another
-//! thread, and parking_lot's own `RwLock` tests that apply to a lock
-//! without upgradable, recursive or timed reads.
+//! thread, upgradable reads, and parking_lot's own `RwLock` tests that
+//! apply to a lock without recursive or timed reads.
 #![cfg(feature = "lock_api")]
 
 mod common;
@@ -14,7 +14,9 @@ use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use cpulocal::{LockApiRwLock, LockApiRwLockWriteGuard, RawRwLock};
+use cpulocal::{
+    LockApiRwLock, LockApiRwLockUpgradableReadGuard, LockApiRwLockWriteGuard, RawRwLock,
+};
 
 /// Two counters that writers bump together, one at a time, with a pause
 /// in between: a reader or writer that overlaps a writer can see them
@@ -259,8 +261,8 @@ fn raw_debug() {
 }
 
 /// Ports of parking_lot's `RwLock` tests (parking_lot 0.12,
-/// `src/rwlock.rs`) that apply here: those without upgradable, recursive
-/// or timed reads, and without serde.
+/// `src/rwlock.rs`) that apply here: those without recursive or timed
+/// reads, and without serde.
 mod parking_lot_ports {
     use super::*;
 
@@ -533,6 +535,131 @@ mod parking_lot_ports {
         }
         assert!(!lock.is_locked());
     }
+
+    /// `test_ruw_arc`: a writer, upgradable readers that upgrade and
+    /// readers, each trying to catch another in the act.
+    #[test]
+    fn ruw_arc() {
+        let arc = Arc::new(LockApiRwLock::new(0i32));
+        let arc2 = arc.clone();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for _ in 0..10 {
+                let mut lock = arc2.write();
+                let tmp = *lock;
+                *lock = -1;
+                thread::yield_now();
+                *lock = tmp + 1;
+            }
+            tx.send(()).unwrap();
+        });
+        let mut children = Vec::new();
+        for _ in 0..5 {
+            let arc3 = arc.clone();
+            children.push(thread::spawn(move || {
+                let lock = arc3.upgradable_read();
+                let tmp = *lock;
+                assert!(tmp >= 0);
+                thread::yield_now();
+                let mut lock = LockApiRwLockUpgradableReadGuard::upgrade(lock);
+                assert_eq!(tmp, *lock);
+                *lock = -1;
+                thread::yield_now();
+                *lock = tmp + 1;
+            }));
+        }
+        for _ in 0..5 {
+            let arc4 = arc.clone();
+            children.push(thread::spawn(move || {
+                let lock = arc4.read();
+                assert!(*lock >= 0);
+            }));
+        }
+        for r in children {
+            assert!(r.join().is_ok());
+        }
+        rx.recv().unwrap();
+        assert_eq!(*arc.read(), 15);
+    }
+
+    /// `test_rwlock_try_upgrade` (which is about `try_upgradable_read`).
+    #[test]
+    fn rwlock_try_upgrade() {
+        let lock = LockApiRwLock::new(0isize);
+        {
+            let read_guard = lock.read();
+            assert!(
+                lock.try_upgradable_read().is_some(),
+                "try_upgradable_read should succeed while read_guard is in scope"
+            );
+            drop(read_guard);
+        }
+        {
+            let upgrade_guard = lock.upgradable_read();
+            assert!(
+                lock.try_upgradable_read().is_none(),
+                "try_upgradable_read should fail while upgrade_guard is in scope"
+            );
+            drop(upgrade_guard);
+        }
+        {
+            let write_guard = lock.write();
+            assert!(
+                lock.try_upgradable_read().is_none(),
+                "try_upgradable should fail while write_guard is in scope"
+            );
+            drop(write_guard);
+        }
+    }
+}
+
+/// Through `lock_api`: `try_upgrade` fails while a reader is inside and
+/// keeps the upgradable lock, `with_upgraded`, and both downgrades.
+#[test]
+fn upgradable_try_upgrade_and_downgrades() {
+    let lock = LockApiRwLock::new(1);
+    let r = lock.read();
+    let u = LockApiRwLockUpgradableReadGuard::try_upgrade(lock.upgradable_read())
+        .expect_err("a reader is inside");
+    assert!(lock.try_write().is_none() && lock.try_upgradable_read().is_none());
+    assert_eq!(*lock.try_read().expect("readers are let go again"), 1);
+    assert!(lock.is_locked() && !lock.is_locked_exclusive());
+    drop(r);
+    let mut u = u;
+    u.with_upgraded(|v| *v = 2);
+    let w = LockApiRwLockUpgradableReadGuard::try_upgrade(u).expect("no reader is inside");
+    assert!(lock.is_locked_exclusive());
+    let u = LockApiRwLockWriteGuard::downgrade_to_upgradable(w);
+    assert_eq!(*lock.read(), 2);
+    assert!(lock.try_write().is_none());
+    let r = LockApiRwLockUpgradableReadGuard::downgrade(u);
+    assert!(lock.try_upgradable_read().is_some() && lock.try_write().is_none());
+    drop(r);
+    assert!(!lock.is_locked());
+}
+
+/// A reader holds the lock while another thread upgrades through
+/// `lock_api`: the value must not change under the reader.
+#[test]
+fn upgrade_waits_for_reader() {
+    let lock = LockApiRwLock::new(0);
+    let upgraded = AtomicBool::new(false);
+    thread::scope(|s| {
+        let r = lock.read();
+        let upgrader = s.spawn(|| {
+            *LockApiRwLockUpgradableReadGuard::upgrade(lock.upgradable_read()) += 1;
+            upgraded.store(true, Ordering::SeqCst);
+        });
+        // Give an upgrade that did not wait every chance to show.
+        for _ in 0..20 {
+            thread::sleep(Duration::from_millis(1));
+            assert_eq!(*r, 0, "the upgrade wrote while a reader was inside");
+            assert!(!upgraded.load(Ordering::SeqCst), "the upgrade did not wait for the reader");
+        }
+        drop(r);
+        upgrader.join().unwrap();
+    });
+    assert_eq!(*lock.read(), 1);
 }
 
 /// Many threads start at once on one lock: the first locks of a lock

@@ -446,3 +446,163 @@ fn parked_reader_between_two_writers() {
         assert_eq!(lock.read(), 2);
     });
 }
+
+/// How the model's upgradable reader turns its lock into the write lock.
+#[derive(Clone, Copy)]
+enum Upgrade {
+    /// `upgrade` (the library).
+    Blocking,
+    /// `try_upgrade`, giving up (and writing nothing) if a reader is inside.
+    Try,
+    /// A broken upgrade that blocks readers and looks once, as
+    /// `try_upgrade` does, then writes whether or not a reader is inside.
+    SkipWait,
+}
+
+impl Lock {
+    /// Takes an upgradable lock, reads, upgrades as `how` says and writes.
+    /// Returns whether it wrote.
+    fn upgradable_then_write(&self, how: Upgrade) -> bool {
+        self.raw.upgradable_lock();
+        // SAFETY: upgradable-locked: writers are out; loom checks the claim.
+        let before = self.data.with(|p| unsafe { *p });
+        let upgraded = match how {
+            Upgrade::Blocking => {
+                // SAFETY: we hold the upgradable lock taken above.
+                unsafe { self.raw.upgrade() };
+                true
+            }
+            // SAFETY: as above.
+            Upgrade::Try => unsafe { self.raw.try_upgrade() },
+            Upgrade::SkipWait => {
+                // SAFETY: as above.
+                let upgraded = unsafe { self.raw.try_upgrade() };
+                // SAFETY: not safe at all: the bug the model must find.
+                self.data.with_mut(|p| unsafe { *p += 1 });
+                // SAFETY: the write lock, or the upgradable one if the
+                // try failed.
+                unsafe {
+                    if upgraded {
+                        self.raw.write_unlock();
+                    } else {
+                        self.raw.upgradable_unlock();
+                    }
+                }
+                return true;
+            }
+        };
+        if !upgraded {
+            // SAFETY: try_upgrade failed: still upgradable-locked.
+            unsafe { self.raw.upgradable_unlock() };
+            return false;
+        }
+        // SAFETY: write-locked since the upgrade; no writer came between
+        // the upgradable read and the write.
+        self.data.with_mut(|p| unsafe {
+            assert_eq!(*p, before, "a writer got in between upgradable read and upgrade");
+            *p += 1;
+        });
+        // SAFETY: write-locked by the upgrade.
+        unsafe { self.raw.write_unlock() };
+        true
+    }
+}
+
+/// An upgradable reader that upgrades as `how` says, a hopping reader and
+/// a writer (through `try_write` if `try_write`), all starting together.
+fn upgrader_reader_and_writer(config: Config, how: Upgrade, try_write: bool) {
+    loom::model(move || {
+        let lock = Lock::new(config);
+        let upgrader = {
+            let lock = lock.clone();
+            thread::spawn(move || {
+                run_on(1, false);
+                lock.upgradable_then_write(how)
+            })
+        };
+        let reader = {
+            let lock = lock.clone();
+            thread::spawn(move || {
+                run_on(0, true);
+                lock.read()
+            })
+        };
+        run_on(0, false);
+        let wrote = if try_write {
+            lock.try_write()
+        } else {
+            lock.write();
+            true
+        };
+        let upgraded = upgrader.join().unwrap();
+        let total = u64::from(wrote) + u64::from(upgraded);
+        assert!(reader.join().unwrap() <= total);
+        assert_eq!(lock.read(), total);
+    });
+}
+
+/// An upgradable reader upgrades while a reader reads and a writer
+/// competes: no overlap, no lost wake-up, no writer between the upgradable
+/// read and the write.
+#[test]
+fn upgrade_waits_for_readers_and_excludes_writers() {
+    upgrader_reader_and_writer(LIBRARY, Upgrade::Blocking, false);
+    upgrader_reader_and_writer(LIBRARY, Upgrade::Try, true);
+}
+
+/// The same without a heavy barrier (readers fence for good).
+#[test]
+fn upgrade_without_membarrier() {
+    let config = Config { membarrier: false, ..LIBRARY };
+    upgrader_reader_and_writer(config, Upgrade::Blocking, true);
+}
+
+/// An upgrade that does not wait for the readers inside writes while one
+/// reads: the model must find it.
+#[test]
+fn upgrade_that_skips_waiting_for_readers_lets_writer_in() {
+    expect_violation(|| upgrader_reader_and_writer(LIBRARY, Upgrade::SkipWait, true));
+}
+
+/// Write lock to upgradable and back to write, then to a read lock through
+/// upgradable, while a reader and an upgradable reader (that upgrades) run.
+#[test]
+fn downgrades_through_upgradable() {
+    loom::model(|| {
+        let lock = Lock::new(LIBRARY);
+        let reader = {
+            let lock = lock.clone();
+            thread::spawn(move || {
+                run_on(1, true);
+                lock.read()
+            })
+        };
+        let upgrader = {
+            let lock = lock.clone();
+            thread::spawn(move || {
+                run_on(1, false);
+                lock.upgradable_then_write(Upgrade::Blocking)
+            })
+        };
+        run_on(0, false);
+        lock.raw.write_lock();
+        // SAFETY: write-locked; loom checks the claim.
+        let first = lock.data.with_mut(|p| unsafe {
+            *p += 1;
+            *p
+        });
+        // SAFETY: write-locked above.
+        unsafe { lock.raw.downgrade_to_upgradable() };
+        // SAFETY: upgradable-locked: no writer since our write.
+        assert_eq!(lock.data.with(|p| unsafe { *p }), first);
+        // SAFETY: upgradable-locked by the downgrade.
+        unsafe { lock.raw.downgrade_upgradable() };
+        // SAFETY: read-locked, still no writer since our write.
+        assert_eq!(lock.data.with(|p| unsafe { *p }), first);
+        // SAFETY: read-locked by the downgrade.
+        unsafe { lock.raw.read_unlock() };
+        assert!(upgrader.join().unwrap());
+        assert!(reader.join().unwrap() <= 2);
+        assert_eq!(lock.read(), 2);
+    });
+}

@@ -22,14 +22,16 @@ use super::{raw, Cpus};
 /// - [`lock_api::RawRwLock`]: `read`, `write`, `try_read`, `try_write`,
 ///   `is_locked`, `is_locked_exclusive` of `lock_api::RwLock`;
 /// - [`lock_api::RawRwLockDowngrade`]: `RwLockWriteGuard::downgrade`, which
-///   turns the write lock into a read lock without letting a writer in.
+///   turns the write lock into a read lock without letting a writer in;
+/// - [`lock_api::RawRwLockUpgrade`]: `upgradable_read`, `try_upgradable_read`
+///   and the guard's `upgrade`, `try_upgrade`, `with_upgraded`: an
+///   upgradable reader holds the writers' mutex (readers still get in), and
+///   its upgrade waits for the readers inside as a writer does;
+/// - [`lock_api::RawRwLockUpgradeDowngrade`]: the upgradable guard's
+///   `downgrade` to a read lock and `RwLockWriteGuard::downgrade_to_upgradable`.
 ///
 /// What it leaves out, and why:
 ///
-/// - upgradable reads ([`lock_api::RawRwLockUpgrade`]): an upgrade must wait
-///   for every other reader to leave, which here means a walk of every
-///   CPU's counts while readers are blocked; take the write lock and check
-///   again instead;
 /// - timed locks ([`lock_api::RawRwLockTimed`]): the lock's waits (spin,
 ///   yield, futex) have no deadline;
 /// - recursive reads ([`lock_api::RawRwLockRecursive`]) and fair unlocks
@@ -38,7 +40,7 @@ use super::{raw, Cpus};
 ///   [`std::sync::RwLock`]; there is no queue to hand the lock over fairly.
 ///
 /// # Panics
-/// `lock_exclusive` (`write`) panics where [`RwLock::write`] does: if
+/// `lock_exclusive` (`write`) and `upgrade` panic where [`RwLock::write`] does: if
 /// `membarrier` worked when readers started to rely on it and is refused
 /// later.
 ///
@@ -151,6 +153,51 @@ unsafe impl lock_api::RawRwLockDowngrade for RawRwLock {
     }
 }
 
+// SAFETY: an upgradable lock is the writers' mutex, which excludes writers
+// and other upgradable readers and lets shared lockers in; `upgrade` does
+// what `lock_exclusive` does once it holds that mutex (block readers, wait
+// for those inside to leave), and `try_upgrade` undoes its blocking and
+// keeps the mutex when a reader is inside.
+unsafe impl lock_api::RawRwLockUpgrade for RawRwLock {
+    fn lock_upgradable(&self) {
+        self.0.upgradable_lock();
+    }
+
+    fn try_lock_upgradable(&self) -> bool {
+        self.0.try_upgradable_lock()
+    }
+
+    unsafe fn unlock_upgradable(&self) {
+        // SAFETY: the caller holds an upgradable lock (the trait's contract).
+        unsafe { self.0.upgradable_unlock() };
+    }
+
+    unsafe fn upgrade(&self) {
+        // SAFETY: the caller holds an upgradable lock (the trait's contract).
+        unsafe { self.0.upgrade() };
+    }
+
+    unsafe fn try_upgrade(&self) -> bool {
+        // SAFETY: the caller holds an upgradable lock (the trait's contract).
+        unsafe { self.0.try_upgrade() }
+    }
+}
+
+// SAFETY: `downgrade_upgradable` counts a read lock while it still holds
+// the writers' mutex, so the next writer waits for it; `downgrade_to_upgradable`
+// lets readers in and keeps the mutex: no writer gets in between either way.
+unsafe impl lock_api::RawRwLockUpgradeDowngrade for RawRwLock {
+    unsafe fn downgrade_upgradable(&self) {
+        // SAFETY: the caller holds an upgradable lock (the trait's contract).
+        unsafe { self.0.downgrade_upgradable() };
+    }
+
+    unsafe fn downgrade_to_upgradable(&self) {
+        // SAFETY: the caller holds the exclusive lock (the trait's contract).
+        unsafe { self.0.downgrade_to_upgradable() };
+    }
+}
+
 impl fmt::Debug for RawRwLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RawRwLock")
@@ -161,7 +208,7 @@ impl fmt::Debug for RawRwLock {
 }
 
 /// A `lock_api` reader/writer lock over [`RawRwLock`]: the interface of
-/// `parking_lot::RwLock` (without upgradable, recursive and timed reads),
+/// `parking_lot::RwLock` (without recursive and timed reads),
 /// the per-CPU readers of [`RwLock`](crate::RwLock). `new` is a `const fn`.
 ///
 /// ```
@@ -200,3 +247,17 @@ pub type LockApiRwLockReadGuard<'a, T> = lock_api::RwLockReadGuard<'a, RawRwLock
 /// assert_eq!(*lock.read(), "ab");
 /// ```
 pub type LockApiRwLockWriteGuard<'a, T> = lock_api::RwLockWriteGuard<'a, RawRwLock, T>;
+
+/// An upgradable read lock on a [`LockApiRwLock`]; released when dropped.
+///
+/// ```
+/// use cpulocal::{LockApiRwLock, LockApiRwLockUpgradableReadGuard};
+///
+/// let lock = LockApiRwLock::new(vec![1]);
+/// let guard: LockApiRwLockUpgradableReadGuard<'_, _> = lock.upgradable_read();
+/// assert_eq!(lock.read().len(), 1); // readers still get in
+/// LockApiRwLockUpgradableReadGuard::upgrade(guard).push(2);
+/// assert_eq!(*lock.read(), [1, 2]);
+/// ```
+pub type LockApiRwLockUpgradableReadGuard<'a, T> =
+    lock_api::RwLockUpgradableReadGuard<'a, RawRwLock, T>;

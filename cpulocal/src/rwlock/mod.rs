@@ -328,15 +328,20 @@ impl Env for Cpus {
 /// assert_sync(&cpulocal::RwLock::new(std::sync::atomic::AtomicU8::new(0)));
 /// ```
 ///
+/// Upgradable reads, as parking_lot's: [`upgradable_read`](Self::upgradable_read)
+/// excludes writers and other upgradable readers but not readers, and its
+/// guard can become the write lock with no writer in between
+/// ([`RwLockUpgradableReadGuard::upgrade`], which waits for the readers
+/// inside as `write` does).
+///
 /// Code written against `lock_api` can have the same lock: with the
 /// feature `lock_api`, `cpulocal::RawRwLock` implements
-/// `lock_api::RawRwLock` and `lock_api::RawRwLockDowngrade`, and
-/// `LockApiRwLock<T>` is `lock_api::RwLock<cpulocal::RawRwLock, T>`.
+/// `lock_api::RawRwLock`, `RawRwLockDowngrade`, `RawRwLockUpgrade` and
+/// `RawRwLockUpgradeDowngrade`, and `LockApiRwLock<T>` is
+/// `lock_api::RwLock<cpulocal::RawRwLock, T>`.
 ///
-/// Not in this lock, nor in its `lock_api` implementation: upgradable read
-/// locks (an upgrade must wait for every other reader, which here means a
-/// walk of every CPU's counts under a blocked-reader state; use `write()`
-/// and re-check instead), timed locks and poisoning.
+/// Not in this lock, nor in its `lock_api` implementation: timed locks and
+/// poisoning.
 pub struct RwLock<T: ?Sized> {
     raw: RawRwLock<Cpus>,
     data: UnsafeCell<T>,
@@ -466,6 +471,47 @@ impl<T: ?Sized> RwLock<T> {
     /// ```
     pub fn try_write(&self) -> Option<RwLockWriteGuard<'_, T>> {
         self.raw.try_write_lock().then(|| RwLockWriteGuard { lock: self, _not_send: PhantomData })
+    }
+
+    /// Locks for an upgradable read: waits for writers and for any other
+    /// upgradable reader, then lets readers in alongside (new ones as well)
+    /// and keeps writers out until the guard is dropped, downgraded or
+    /// upgraded. Readers pay a fence while it is held.
+    ///
+    /// ```
+    /// use cpulocal::{RwLock, RwLockUpgradableReadGuard};
+    /// let lock = RwLock::new(vec![1]);
+    /// let u = lock.upgradable_read();
+    /// assert_eq!(lock.read().len(), 1); // readers still get in
+    /// assert!(lock.try_write().is_none() && lock.try_upgradable_read().is_none());
+    /// if !u.contains(&2) {
+    ///     RwLockUpgradableReadGuard::upgrade(u).push(2);
+    /// }
+    /// assert_eq!(*lock.read(), [1, 2]);
+    /// ```
+    pub fn upgradable_read(&self) -> RwLockUpgradableReadGuard<'_, T> {
+        self.raw.upgradable_lock();
+        RwLockUpgradableReadGuard { lock: self, _not_send: PhantomData }
+    }
+
+    /// Locks for an upgradable read if no writer (waiting for readers to
+    /// leave, or inside) or upgradable reader holds the lock. Never sleeps;
+    /// may also fail while a reader switches how readers fence.
+    ///
+    /// ```
+    /// let lock = cpulocal::RwLock::new(5);
+    /// let r = lock.read();
+    /// let u = lock.try_upgradable_read().unwrap(); // readers do not stop it
+    /// assert!(lock.try_upgradable_read().is_none());
+    /// drop(u);
+    /// drop(r);
+    /// let _w = lock.write();
+    /// assert!(lock.try_upgradable_read().is_none());
+    /// ```
+    pub fn try_upgradable_read(&self) -> Option<RwLockUpgradableReadGuard<'_, T>> {
+        self.raw
+            .try_upgradable_lock()
+            .then(|| RwLockUpgradableReadGuard { lock: self, _not_send: PhantomData })
     }
 
     /// Whether anyone holds the lock, or a writer waits for it: a snapshot,
@@ -599,6 +645,38 @@ pub struct RwLockWriteGuard<'a, T: ?Sized + 'a> {
     _not_send: PhantomData<*mut ()>,
 }
 
+/// An upgradable read lock on an [`RwLock`], from
+/// [`RwLock::upgradable_read`]; released when dropped.
+///
+/// Gives `&T` only; [`upgrade`](Self::upgrade) turns it into the write
+/// lock. Not `Send` (as parking_lot's default); `Sync` when `T` is:
+///
+/// ```compile_fail,E0277
+/// fn assert_send<T: Send>(_: T) {}
+/// let lock = cpulocal::RwLock::new(0);
+/// assert_send(lock.upgradable_read());
+/// ```
+///
+/// ```
+/// fn assert_sync<T: Sync>(_: &T) {}
+/// let lock = cpulocal::RwLock::new(0);
+/// assert_sync(&lock.upgradable_read());
+/// ```
+///
+/// No `DerefMut`:
+///
+/// ```compile_fail,E0594
+/// let lock = cpulocal::RwLock::new(0);
+/// let mut u = lock.upgradable_read();
+/// *u = 1;
+/// ```
+#[must_use = "if unused the lock is released at once"]
+#[clippy::has_significant_drop]
+pub struct RwLockUpgradableReadGuard<'a, T: ?Sized + 'a> {
+    lock: &'a RwLock<T>,
+    _not_send: PhantomData<*mut ()>,
+}
+
 /// A read lock on part of an [`RwLock`]'s value, from
 /// [`RwLockReadGuard::map`]; released when dropped.
 #[must_use = "if unused the lock is released at once"]
@@ -622,6 +700,8 @@ pub struct MappedRwLockWriteGuard<'a, T: ?Sized + 'a> {
 unsafe impl<T: ?Sized + Sync> Sync for RwLockReadGuard<'_, T> {}
 // SAFETY: as above: `&RwLockWriteGuard` only gives `&T`.
 unsafe impl<T: ?Sized + Sync> Sync for RwLockWriteGuard<'_, T> {}
+// SAFETY: as above: the guard only ever gives `&T`.
+unsafe impl<T: ?Sized + Sync> Sync for RwLockUpgradableReadGuard<'_, T> {}
 // SAFETY: as above.
 unsafe impl<T: ?Sized + Sync> Sync for MappedRwLockReadGuard<'_, T> {}
 // SAFETY: as above.
@@ -795,6 +875,104 @@ impl<'a, T: ?Sized> RwLockWriteGuard<'a, T> {
             RwLockReadGuard::new(lock)
         }
     }
+
+    /// Turns the write lock into an upgradable read lock without letting a
+    /// writer in between: readers get in again, writers and other
+    /// upgradable readers stay out.
+    ///
+    /// ```
+    /// use cpulocal::{RwLock, RwLockWriteGuard};
+    /// let lock = RwLock::new(1);
+    /// let mut w = lock.write();
+    /// *w = 2;
+    /// let u = RwLockWriteGuard::downgrade_to_upgradable(w);
+    /// assert_eq!(*lock.read(), 2);
+    /// assert!(lock.try_write().is_none() && lock.try_upgradable_read().is_none());
+    /// drop(u);
+    /// ```
+    pub fn downgrade_to_upgradable(s: Self) -> RwLockUpgradableReadGuard<'a, T> {
+        let lock = ManuallyDrop::new(s).lock;
+        // SAFETY: we hold the write lock, and give it up for an upgradable
+        // read lock, which the new guard releases.
+        unsafe { lock.raw.downgrade_to_upgradable() };
+        RwLockUpgradableReadGuard { lock, _not_send: PhantomData }
+    }
+}
+
+impl<'a, T: ?Sized> RwLockUpgradableReadGuard<'a, T> {
+    /// Turns the upgradable read lock into the write lock, with no writer
+    /// in between: blocks new readers and waits for those inside to leave,
+    /// as [`RwLock::write`] does.
+    ///
+    /// ```
+    /// use cpulocal::{RwLock, RwLockUpgradableReadGuard};
+    /// let lock = RwLock::new(1);
+    /// let u = lock.upgradable_read();
+    /// let mut w = RwLockUpgradableReadGuard::upgrade(u);
+    /// *w += 1;
+    /// drop(w);
+    /// assert_eq!(*lock.read(), 2);
+    /// ```
+    ///
+    /// # Panics
+    /// Where [`RwLock::write`] does; the upgradable lock is then released.
+    pub fn upgrade(s: Self) -> RwLockWriteGuard<'a, T> {
+        let lock = ManuallyDrop::new(s).lock;
+        // SAFETY: we hold the upgradable lock; `upgrade` turns it into the
+        // write lock (or releases it and panics), which the new guard
+        // releases.
+        unsafe { lock.raw.upgrade() };
+        RwLockWriteGuard { lock, _not_send: PhantomData }
+    }
+
+    /// Turns the upgradable read lock into the write lock if no reader is
+    /// inside. Never sleeps, but may run the writer's barrier.
+    ///
+    /// ```
+    /// use cpulocal::{RwLock, RwLockUpgradableReadGuard};
+    /// let lock = RwLock::new(1);
+    /// let r = lock.read();
+    /// let u = RwLockUpgradableReadGuard::try_upgrade(lock.upgradable_read()).unwrap_err();
+    /// drop(r);
+    /// *RwLockUpgradableReadGuard::try_upgrade(u).unwrap() = 2;
+    /// assert_eq!(*lock.read(), 2);
+    /// ```
+    ///
+    /// # Errors
+    /// The upgradable guard back, still locked, if a reader is inside (or
+    /// in the middle of [`RwLock::read`] or [`RwLock::try_read`]), or if the
+    /// process-wide barrier its readers relied on is refused.
+    pub fn try_upgrade(s: Self) -> Result<RwLockWriteGuard<'a, T>, Self> {
+        // SAFETY: we hold the upgradable lock; on success it is the write
+        // lock, which the new guard releases; on failure it is still ours.
+        if unsafe { s.lock.raw.try_upgrade() } {
+            let lock = ManuallyDrop::new(s).lock;
+            Ok(RwLockWriteGuard { lock, _not_send: PhantomData })
+        } else {
+            Err(s)
+        }
+    }
+
+    /// Turns the upgradable read lock into a read lock: writers and other
+    /// upgradable readers may then get in once readers leave.
+    ///
+    /// ```
+    /// use cpulocal::{RwLock, RwLockUpgradableReadGuard};
+    /// let lock = RwLock::new(1);
+    /// let r = RwLockUpgradableReadGuard::downgrade(lock.upgradable_read());
+    /// assert!(lock.try_upgradable_read().is_some());
+    /// assert!(lock.try_write().is_none());
+    /// assert_eq!(*r, 1);
+    /// ```
+    pub fn downgrade(s: Self) -> RwLockReadGuard<'a, T> {
+        let lock = ManuallyDrop::new(s).lock;
+        // SAFETY: we hold the upgradable lock and give it up for a read
+        // lock, which the new guard releases.
+        unsafe {
+            lock.raw.downgrade_upgradable();
+            RwLockReadGuard::new(lock)
+        }
+    }
 }
 
 impl<'a, T: ?Sized> MappedRwLockWriteGuard<'a, T> {
@@ -906,6 +1084,24 @@ impl<T: ?Sized> Drop for RwLockWriteGuard<'_, T> {
     }
 }
 
+impl<T: ?Sized> Deref for RwLockUpgradableReadGuard<'_, T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        // SAFETY: we hold the upgradable lock: writers are out, so no
+        // `&mut T` exists.
+        unsafe { &*self.lock.data.get() }
+    }
+}
+
+impl<T: ?Sized> Drop for RwLockUpgradableReadGuard<'_, T> {
+    fn drop(&mut self) {
+        // SAFETY: the guard stands for an upgradable lock of this lock.
+        unsafe { self.lock.raw.upgradable_unlock() };
+    }
+}
+
 impl<T: ?Sized> Deref for MappedRwLockWriteGuard<'_, T> {
     type Target = T;
 
@@ -948,4 +1144,10 @@ macro_rules! forward_fmt {
     )*};
 }
 
-forward_fmt!(RwLockReadGuard, RwLockWriteGuard, MappedRwLockReadGuard, MappedRwLockWriteGuard);
+forward_fmt!(
+    RwLockReadGuard,
+    RwLockWriteGuard,
+    RwLockUpgradableReadGuard,
+    MappedRwLockReadGuard,
+    MappedRwLockWriteGuard
+);

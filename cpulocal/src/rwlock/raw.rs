@@ -21,8 +21,9 @@
 //!                 by a reader holding WLOCKED.
 //!         NO_BARRIER: no heavy barrier exists in this process; FENCED
 //!                 stays set and readers also fence when they unlock.
-//!         WLOCKED: the writers' mutex is held (by a writer, or briefly by
-//!                 a reader that changes the mode).
+//!         WLOCKED: the writers' mutex is held (by a writer, by an
+//!                 upgradable reader, or briefly by a reader that changes
+//!                 the mode).
 //!         WWAITERS: writers sleep on `wseq` waiting for WLOCKED to clear.
 //!         WRITER is written only under WLOCKED (and SLEEPERS by readers
 //!         while WRITER is set); FENCED and NO_BARRIER only under WLOCKED.
@@ -416,8 +417,15 @@ impl<E: Env> RawRwLock<E> {
             return self.wait_for_readers(how);
         }
         self.lock_writers();
+        self.block_and_wait();
+    }
+
+    /// With the writers' mutex held: what a writer does once it has it.
+    /// Panics as [`write_lock`](Self::write_lock), with the mutex released.
+    fn block_and_wait(&self) {
         self.let_parked_in();
         let Some(how) = self.block_readers() else {
+            self.unlock_writers();
             panic!(
                 "cpulocal::RwLock: the process-wide memory barrier its readers relied on \
                  is no longer available (membarrier refused); readers now fence"
@@ -433,6 +441,7 @@ impl<E: Env> RawRwLock<E> {
             return false;
         }
         if self.block_readers().is_none() {
+            self.unlock_writers();
             return false;
         }
         if self.drained().0 {
@@ -471,10 +480,90 @@ impl<E: Env> RawRwLock<E> {
         unsafe { self.write_unlock() };
     }
 
-    /// Whether a writer holds or waits for the lock, or a reader is inside
-    /// (a snapshot, stale as soon as it is taken).
+    /// Takes an upgradable read lock: the writers' mutex and no read count.
+    /// It excludes writers and other upgradable readers; readers still get
+    /// in (they see a non-zero `state` and take the fenced path, whose
+    /// checks only look for WRITER).
+    pub(crate) fn upgradable_lock(&self) {
+        self.lock_writers();
+    }
+
+    /// Takes an upgradable read lock if the writers' mutex is free.
+    pub(crate) fn try_upgradable_lock(&self) -> bool {
+        self.try_lock_writers()
+    }
+
+    /// Releases an upgradable read lock.
+    ///
+    /// # Safety
+    /// The caller holds an upgradable read lock of this lock.
+    pub(crate) unsafe fn upgradable_unlock(&self) {
+        self.unlock_writers();
+    }
+
+    /// Turns an upgradable read lock into the write lock: what
+    /// [`write_lock`](Self::write_lock) does once it has the writers'
+    /// mutex (block readers, wait for those inside to leave).
+    ///
+    /// # Safety
+    /// The caller holds an upgradable read lock of this lock.
+    ///
+    /// # Panics
+    /// As [`write_lock`](Self::write_lock); the upgradable lock is then
+    /// released.
+    pub(crate) unsafe fn upgrade(&self) {
+        self.block_and_wait();
+    }
+
+    /// Turns an upgradable read lock into the write lock if no reader is
+    /// inside; otherwise lets blocked readers go and returns false, the
+    /// upgradable lock still held. Never sleeps, but may run the writer's
+    /// barrier.
+    ///
+    /// # Safety
+    /// The caller holds an upgradable read lock of this lock.
+    pub(crate) unsafe fn try_upgrade(&self) -> bool {
+        if self.block_readers().is_none() {
+            // WRITER is clear again and the mutex still ours.
+            return false;
+        }
+        if self.drained().0 {
+            return true;
+        }
+        // SAFETY: we hold the writers' mutex and set WRITER.
+        unsafe { self.downgrade_to_upgradable() };
+        false
+    }
+
+    /// Turns an upgradable read lock into a read lock, letting writers in
+    /// once this reader leaves.
+    ///
+    /// # Safety
+    /// The caller holds an upgradable read lock of this lock.
+    pub(crate) unsafe fn downgrade_upgradable(&self) {
+        // Counted under the mutex: the next writer, who takes it after we
+        // release it, sees this count and waits for its unlock.
+        self.hot.env.count_lock();
+        self.unlock_writers();
+    }
+
+    /// Turns the write lock into an upgradable read lock: lets readers in
+    /// and keeps the writers' mutex (and WWAITERS, for whoever waits on it).
+    ///
+    /// # Safety
+    /// The caller holds the write lock.
+    pub(crate) unsafe fn downgrade_to_upgradable(&self) {
+        let s = self.hot.state.fetch_and(!(WRITER | SLEEPERS), SeqCst);
+        if s & SLEEPERS != 0 {
+            self.hot.env.wake(&self.hot.state, u32::MAX);
+        }
+    }
+
+    /// Whether a writer holds or waits for the lock, an upgradable reader
+    /// holds it, or a reader is inside (a snapshot, stale as soon as it is
+    /// taken).
     pub(crate) fn is_locked(&self) -> bool {
-        self.hot.state.load(SeqCst) & WRITER != 0 || {
+        self.hot.state.load(SeqCst) & (WRITER | WLOCKED) != 0 || {
             self.hot.env.full_fence();
             !self.drained().0
         }
@@ -487,8 +576,9 @@ impl<E: Env> RawRwLock<E> {
 
     /// With the writers' mutex held: sets WRITER and makes every reader's
     /// later check of `state` see it. Returns how readers were blocked, or
-    /// `None` (with the mutex released and the lock fenced for good) if a
-    /// heavy barrier was needed and there is none.
+    /// `None` (WRITER cleared, the lock fenced for good, the mutex still
+    /// held: the caller releases it or keeps it) if a heavy barrier was
+    /// needed and there is none.
     fn block_readers(&self) -> Option<Blocked> {
         let env = &self.hot.env;
         let state = &self.hot.state;
@@ -514,7 +604,6 @@ impl<E: Env> RawRwLock<E> {
                 env.wake(state, u32::MAX);
             }
             state.fetch_or(NO_BARRIER, SeqCst);
-            self.unlock_writers();
             return None;
         }
         let end = env.now();
