@@ -7,8 +7,8 @@
 
 mod common;
 
-use std::hint;
-use std::ptr;
+use common::{bump, check, Pair};
+
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
@@ -18,43 +18,10 @@ use cpulocal::{
     LockApiRwLock, LockApiRwLockUpgradableReadGuard, LockApiRwLockWriteGuard, RawRwLock,
 };
 
-/// Two counters that writers bump together, one at a time, with a pause
-/// in between: a reader or writer that overlaps a writer can see them
-/// differ, and a lost update shows in the final totals.
-type Pair = (u64, u64);
-
-fn pause(n: u32) {
-    for _ in 0..n {
-        hint::spin_loop();
-    }
-}
-
-/// Reads both halves from memory (not from registers), some time apart,
-/// and checks they agree.
-fn check(pair: &Pair, who: &str) -> u64 {
-    // SAFETY: a read of a plain `u64` through a valid reference.
-    let a = unsafe { ptr::read_volatile(&pair.0) };
-    pause(16);
-    // SAFETY: as above.
-    let b = unsafe { ptr::read_volatile(&pair.1) };
-    assert_eq!(a, b, "{who} saw a writer's half-done update");
-    a
-}
-
-/// Bumps both halves, the second a while after the first.
-fn bump(pair: &mut Pair) {
-    check(pair, "writer");
-    // SAFETY: writes of plain fields through a valid `&mut`.
-    unsafe { ptr::write_volatile(&mut pair.0, pair.0 + 1) };
-    pause(32);
-    // SAFETY: as above.
-    unsafe { ptr::write_volatile(&mut pair.1, pair.1 + 1) };
-}
-
 /// The lock of [`exclusion_with_exact_totals`]: a `static`, built the way
 /// `lock_api` documents for raw locks without a `const fn new`.
 static PAIR: lock_api::RwLock<RawRwLock, Pair> =
-    lock_api::RwLock::const_new(<RawRwLock as lock_api::RawRwLock>::INIT, (0, 0));
+    lock_api::RwLock::const_new(<RawRwLock as lock_api::RawRwLock>::INIT, Pair { a: 0, b: 0 });
 
 /// Readers (some through `try_read`) and writers (some through
 /// `try_write`, some downgrading) on a `static` lock, on threads that hop
@@ -113,12 +80,12 @@ fn exclusion_with_exact_totals() {
                     } else {
                         PAIR.write()
                     };
-                    bump(&mut g);
+                    bump(&mut g, "writer");
                     written.fetch_add(1, Ordering::Relaxed);
                     if i % 8 == 3 {
                         // No writer may get in between: the pair stays as
                         // this writer left it.
-                        let mine = g.0;
+                        let mine = g.a;
                         let r = LockApiRwLockWriteGuard::downgrade(g);
                         assert_eq!(check(&r, "downgraded writer"), mine);
                     }
@@ -133,8 +100,8 @@ fn exclusion_with_exact_totals() {
     let blocking_reads = readers * (0..reads).filter(|i| i % 4 != 1).count();
     assert_eq!(read_ok.load(Ordering::Relaxed), blocking_reads as u64);
     assert!(try_read_ok.load(Ordering::Relaxed) > 0, "no try_read ever succeeded");
-    let pair = *PAIR.read();
-    assert_eq!(pair, (total, total), "a write was lost");
+    let pair = PAIR.read();
+    assert_eq!((pair.a, pair.b), (total, total), "a write was lost");
 }
 
 #[test]

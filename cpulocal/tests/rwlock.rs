@@ -157,7 +157,6 @@ fn panic_in_writer_releases_without_poison() {
 
 #[cfg(all(target_os = "linux", not(miri)))]
 mod stress {
-    use std::hint;
     use std::ptr;
     use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
     use std::sync::{mpsc, Arc};
@@ -168,42 +167,7 @@ mod stress {
 
     use super::common;
 
-    /// Kept equal by writers, which break the equality for a while inside
-    /// their critical section; only a reader or writer that overlaps a
-    /// writer can see them differ.
-    #[derive(Debug)]
-    struct Pair {
-        a: u64,
-        b: u64,
-    }
-
-    fn pause(n: u32) {
-        for _ in 0..n {
-            hint::spin_loop();
-        }
-    }
-
-    /// Reads both fields for real (they must not be cached in registers),
-    /// some time apart.
-    fn check(pair: &Pair, who: &str) -> u64 {
-        // SAFETY: reads of plain `u64` fields through valid references.
-        let a = unsafe { ptr::read_volatile(&pair.a) };
-        pause(16);
-        // SAFETY: as above.
-        let b = unsafe { ptr::read_volatile(&pair.b) };
-        assert_eq!(a, b, "{who} saw a writer's half-done update");
-        a
-    }
-
-    /// Checks the pair, then breaks the equality for a while and restores it.
-    fn write(pair: &mut Pair) {
-        check(pair, "writer");
-        // SAFETY: writes to plain fields through a valid `&mut`.
-        unsafe { ptr::write_volatile(&mut pair.a, pair.a + 1) };
-        pause(32);
-        // SAFETY: as above.
-        unsafe { ptr::write_volatile(&mut pair.b, pair.b + 1) };
-    }
+    use crate::common::{bump, check, pause, Pair};
 
     extern "C" fn ignore(_: libc::c_int) {}
 
@@ -298,7 +262,7 @@ mod stress {
                         } else {
                             lock.write()
                         };
-                        write(&mut g);
+                        bump(&mut g, "writer");
                         written.fetch_add(1, Ordering::Relaxed);
                     }
                     finished.fetch_add(1, Ordering::Release);
@@ -362,7 +326,7 @@ mod stress {
         thread::spawn(move || {
             let start = Instant::now();
             for _ in 0..writes {
-                write(&mut writer_lock.write());
+                bump(&mut writer_lock.write(), "writer");
             }
             let _ = done_tx.send(start.elapsed());
         });
@@ -485,7 +449,7 @@ mod stress {
             }
             let _done = Done(&done);
             for _ in 0..rounds {
-                write(&mut lock.write());
+                bump(&mut lock.write(), "writer");
                 pause(256);
             }
         });
@@ -558,7 +522,7 @@ mod stress {
         assert!(format!("{second:?}").contains(r#"readers: "always fence""#), "{second:?}");
         // (No new threads here: std guards their stacks with mprotect.)
         for _ in 0..3 {
-            write(&mut second.write());
+            bump(&mut second.write(), "writer");
         }
         assert_eq!(check(&second.read(), "reader"), 3);
     }

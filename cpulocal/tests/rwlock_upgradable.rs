@@ -5,49 +5,13 @@
 
 mod common;
 
-use std::hint;
-use std::ptr;
+use common::{bump, check, Pair};
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
 use cpulocal::{RwLock, RwLockUpgradableReadGuard, RwLockWriteGuard};
-
-/// Kept equal by writers, which break the equality for a while inside
-/// their critical section: only a thread that overlaps a writer can see
-/// the halves differ, and a lost update shows in the totals.
-#[derive(Debug, Default)]
-struct Pair {
-    a: u64,
-    b: u64,
-}
-
-fn pause(n: u32) {
-    for _ in 0..n {
-        hint::spin_loop();
-    }
-}
-
-/// Reads both halves from memory, some time apart, and checks they agree.
-fn check(pair: &Pair, who: &str) -> u64 {
-    // SAFETY: a read of a plain `u64` through a valid reference.
-    let a = unsafe { ptr::read_volatile(&pair.a) };
-    pause(16);
-    // SAFETY: as above.
-    let b = unsafe { ptr::read_volatile(&pair.b) };
-    assert_eq!(a, b, "{who} saw a writer's half-done update");
-    a
-}
-
-/// Checks the pair, then breaks the equality for a while and restores it.
-fn bump(pair: &mut Pair, who: &str) {
-    check(pair, who);
-    // SAFETY: writes to plain fields through a valid `&mut`.
-    unsafe { ptr::write_volatile(&mut pair.a, pair.a + 1) };
-    pause(32);
-    // SAFETY: as above.
-    unsafe { ptr::write_volatile(&mut pair.b, pair.b + 1) };
-}
 
 /// Upgradable readers that upgrade (blocking, through `try_upgrade`, or
 /// by way of a downgrade to upgradable and a second upgrade) and bump the

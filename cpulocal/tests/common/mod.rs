@@ -201,3 +201,42 @@ pub fn refuse_syscalls(nrs: &[libc::c_long]) {
         );
     }
 }
+
+/// Two counters that writers keep equal, breaking the equality for a while
+/// inside their critical section: only a thread that overlaps a writer can
+/// see them differ, and a lost update shows in the totals.
+#[derive(Debug, Default)]
+pub struct Pair {
+    pub a: u64,
+    pub b: u64,
+}
+
+/// A burst of `n` spin-loop hints.
+pub fn pause(n: u32) {
+    for _ in 0..n {
+        std::hint::spin_loop();
+    }
+}
+
+/// Reads both halves from memory (not from registers), some time apart,
+/// checks they agree, and returns them.
+pub fn check(pair: &Pair, who: &str) -> u64 {
+    // SAFETY: a read of a plain `u64` through a valid reference.
+    let a = unsafe { std::ptr::read_volatile(&pair.a) };
+    pause(16);
+    // SAFETY: as above.
+    let b = unsafe { std::ptr::read_volatile(&pair.b) };
+    assert_eq!(a, b, "{who} saw a writer's half-done update");
+    a
+}
+
+/// Checks the pair, then bumps both halves, the second a while after the
+/// first.
+pub fn bump(pair: &mut Pair, who: &str) {
+    check(pair, who);
+    // SAFETY: writes of plain fields through a valid `&mut`.
+    unsafe { std::ptr::write_volatile(&mut pair.a, pair.a + 1) };
+    pause(32);
+    // SAFETY: as above.
+    unsafe { std::ptr::write_volatile(&mut pair.b, pair.b + 1) };
+}
