@@ -5,8 +5,9 @@
 //! run against [`Model`]: an `Env` whose per-CPU counts are loom atomics in
 //! [`SLOTS`] slots, the slot being a loom thread-local a thread can move
 //! between counts (so a reader may count its lock on one CPU and its unlock,
-//! or its back-off, on another). Futex sleeping is a loom `Mutex` and
-//! `Condvar`, so a lost wake-up shows up as a deadlock. The protected data
+//! or its back-off, on another). Futex sleeping is a loom `Mutex` and a
+//! `Condvar` per word (a wake of one wakes one sleeper on that word, as
+//! `futex_wake` does), so a lost wake-up shows up as a deadlock. The protected data
 //! is a loom `UnsafeCell`: a reader overlapping a writer is a causality
 //! violation.
 //!
@@ -106,8 +107,10 @@ struct Model {
     unlocks: [AtomicU64; SLOTS],
     /// Each thread's light-fence mutex.
     fences: [Mutex<()>; THREADS],
-    sleepers: Mutex<()>,
-    wakeup: Condvar,
+    /// Futex sleeping: one `Condvar` per word slept on (found by the word's
+    /// address), all under `sleepers`, so that a wake of one sleeper wakes
+    /// one on that word only, as `futex_wake` does.
+    sleepers: Mutex<Vec<(usize, Arc<Condvar>)>>,
     clock: StdAtomicU64,
     /// Hands out thread numbers.
     next_thread: StdAtomicUsize,
@@ -120,8 +123,7 @@ impl Model {
             locks: [AtomicU64::new(0), AtomicU64::new(0)],
             unlocks: [AtomicU64::new(0), AtomicU64::new(0)],
             fences: [Mutex::new(()), Mutex::new(()), Mutex::new(()), Mutex::new(())],
-            sleepers: Mutex::new(()),
-            wakeup: Condvar::new(),
+            sleepers: Mutex::new(Vec::new()),
             clock: StdAtomicU64::new(0),
             next_thread: StdAtomicUsize::new(0),
         }
@@ -209,9 +211,10 @@ impl Env for Model {
     }
 
     fn wait(&self, word: &AtomicU32, expected: u32) {
-        let guard = self.sleepers.lock().unwrap();
+        let mut guard = self.sleepers.lock().unwrap();
         if word.load(Ordering::SeqCst) == expected {
-            drop(self.wakeup.wait(guard).unwrap());
+            let condvar = condvar_of(&mut guard, word);
+            drop(condvar.wait(guard).unwrap());
         }
     }
 
@@ -219,10 +222,26 @@ impl Env for Model {
         self.wait(word, expected);
     }
 
-    fn wake(&self, _word: &AtomicU32, _n: u32) {
-        let _guard = self.sleepers.lock().unwrap();
-        self.wakeup.notify_all();
+    fn wake(&self, word: &AtomicU32, n: u32) {
+        let mut guard = self.sleepers.lock().unwrap();
+        let condvar = condvar_of(&mut guard, word);
+        if n == 1 {
+            condvar.notify_one();
+        } else {
+            condvar.notify_all();
+        }
     }
+}
+
+/// The `Condvar` of the threads sleeping on `word`.
+fn condvar_of(condvars: &mut Vec<(usize, Arc<Condvar>)>, word: &AtomicU32) -> Arc<Condvar> {
+    let key = word as *const AtomicU32 as usize;
+    if let Some((_, c)) = condvars.iter().find(|(k, _)| *k == key) {
+        return c.clone();
+    }
+    let c = Arc::new(Condvar::new());
+    condvars.push((key, c.clone()));
+    c
 }
 
 struct Lock {
@@ -415,6 +434,28 @@ fn writers_exclude_each_other_and_try_locks() {
         writer.join().unwrap();
         reader.join().unwrap();
         assert_eq!(lock.read(), 1 + u64::from(wrote));
+    });
+}
+
+/// Three blocking writers: two of them may sleep on the writers' mutex at
+/// once, and a release wakes one; each must still get in (a woken writer
+/// that took the mutex without marking it contended again left the third
+/// asleep for good: loom reports the deadlock).
+#[test]
+fn three_writers_all_get_in() {
+    loom::model(|| {
+        let lock = Lock::new(LIBRARY);
+        let writers: Vec<_> = (0..2)
+            .map(|_| {
+                let lock = lock.clone();
+                thread::spawn(move || lock.write())
+            })
+            .collect();
+        lock.write();
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert_eq!(lock.read(), 3);
     });
 }
 
