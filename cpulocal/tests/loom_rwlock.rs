@@ -89,6 +89,21 @@ struct Config {
 const LIBRARY: Config =
     Config { split: true, fences: true, membarrier: true, skip_fenced_fence: false };
 
+/// Starts a thread that runs on `slot` (moving to the next slot after
+/// each count if `hops`) and calls `f` with the lock.
+fn spawn_on<T: 'static>(
+    lock: &Arc<Lock>,
+    slot: usize,
+    hops: bool,
+    f: impl FnOnce(&Lock) -> T + 'static,
+) -> thread::JoinHandle<T> {
+    let lock = lock.clone();
+    thread::spawn(move || {
+        run_on(slot, hops);
+        f(&lock)
+    })
+}
+
 /// The slot for the calling thread's next count.
 fn next_slot() -> usize {
     CPU.with(|c| {
@@ -302,20 +317,12 @@ impl Lock {
 fn hopping_readers_and_a_writer(config: Config) {
     loom::model(move || {
         let lock = Lock::new(config);
-        let steady = {
-            let lock = lock.clone();
-            thread::spawn(move || {
-                run_on(1, false);
-                lock.read();
-            })
-        };
-        let hopper = {
-            let lock = lock.clone();
-            thread::spawn(move || {
-                run_on(0, true);
-                lock.read();
-            })
-        };
+        let steady = spawn_on(&lock, 1, false, |l| {
+            l.read();
+        });
+        let hopper = spawn_on(&lock, 0, true, |l| {
+            l.read();
+        });
         run_on(0, false);
         lock.write();
         steady.join().unwrap();
@@ -332,20 +339,12 @@ fn reader_inside_then_hopper_and_writer(config: Config) {
         let lock = Lock::new(config);
         run_on(1, false);
         lock.raw.read_lock();
-        let writer = {
-            let lock = lock.clone();
-            thread::spawn(move || {
-                run_on(0, false);
-                lock.write();
-            })
-        };
-        let hopper = {
-            let lock = lock.clone();
-            thread::spawn(move || {
-                run_on(0, true);
-                lock.read();
-            })
-        };
+        let writer = spawn_on(&lock, 0, false, |l| {
+            l.write();
+        });
+        let hopper = spawn_on(&lock, 0, true, |l| {
+            l.read();
+        });
         thread::yield_now();
         // SAFETY: read-locked above; loom checks the claim.
         let seen = lock.data.with(|p| unsafe { *p });
@@ -415,20 +414,12 @@ fn missing_fences_let_writer_in() {
 fn writers_exclude_each_other_and_try_locks() {
     loom::model(|| {
         let lock = Lock::new(LIBRARY);
-        let writer = {
-            let lock = lock.clone();
-            thread::spawn(move || {
-                run_on(1, false);
-                lock.write();
-            })
-        };
-        let reader = {
-            let lock = lock.clone();
-            thread::spawn(move || {
-                run_on(0, true);
-                lock.try_read();
-            })
-        };
+        let writer = spawn_on(&lock, 1, false, |l| {
+            l.write();
+        });
+        let reader = spawn_on(&lock, 0, true, |l| {
+            l.try_read();
+        });
         run_on(0, false);
         let wrote = lock.try_write();
         writer.join().unwrap();
@@ -445,12 +436,7 @@ fn writers_exclude_each_other_and_try_locks() {
 fn three_writers_all_get_in() {
     loom::model(|| {
         let lock = Lock::new(LIBRARY);
-        let writers: Vec<_> = (0..2)
-            .map(|_| {
-                let lock = lock.clone();
-                thread::spawn(move || lock.write())
-            })
-            .collect();
+        let writers: Vec<_> = (0..2).map(|_| spawn_on(&lock, 0, false, |l| l.write())).collect();
         lock.write();
         for w in writers {
             w.join().unwrap();
@@ -466,20 +452,10 @@ fn three_writers_all_get_in() {
 fn parked_reader_between_two_writers() {
     loom::model(|| {
         let lock = Lock::new(LIBRARY);
-        let writer = {
-            let lock = lock.clone();
-            thread::spawn(move || {
-                run_on(1, false);
-                lock.write();
-            })
-        };
-        let reader = {
-            let lock = lock.clone();
-            thread::spawn(move || {
-                run_on(0, true);
-                lock.read()
-            })
-        };
+        let writer = spawn_on(&lock, 1, false, |l| {
+            l.write();
+        });
+        let reader = spawn_on(&lock, 0, true, |l| l.read());
         run_on(0, false);
         lock.write();
         writer.join().unwrap();
@@ -554,20 +530,8 @@ impl Lock {
 fn upgrader_reader_and_writer(config: Config, how: Upgrade, try_write: bool) {
     loom::model(move || {
         let lock = Lock::new(config);
-        let upgrader = {
-            let lock = lock.clone();
-            thread::spawn(move || {
-                run_on(1, false);
-                lock.upgradable_then_write(how)
-            })
-        };
-        let reader = {
-            let lock = lock.clone();
-            thread::spawn(move || {
-                run_on(0, true);
-                lock.read()
-            })
-        };
+        let upgrader = spawn_on(&lock, 1, false, move |l| l.upgradable_then_write(how));
+        let reader = spawn_on(&lock, 0, true, |l| l.read());
         run_on(0, false);
         let wrote = if try_write {
             lock.try_write()
@@ -611,20 +575,8 @@ fn upgrade_that_skips_waiting_for_readers_lets_writer_in() {
 fn downgrades_through_upgradable() {
     loom::model(|| {
         let lock = Lock::new(LIBRARY);
-        let reader = {
-            let lock = lock.clone();
-            thread::spawn(move || {
-                run_on(1, true);
-                lock.read()
-            })
-        };
-        let upgrader = {
-            let lock = lock.clone();
-            thread::spawn(move || {
-                run_on(1, false);
-                lock.upgradable_then_write(Upgrade::Blocking)
-            })
-        };
+        let reader = spawn_on(&lock, 1, true, |l| l.read());
+        let upgrader = spawn_on(&lock, 1, false, |l| l.upgradable_then_write(Upgrade::Blocking));
         run_on(0, false);
         lock.raw.write_lock();
         // SAFETY: write-locked; loom checks the claim.
