@@ -309,8 +309,18 @@ fn place_slow() -> Place {
 /// backend, when every id the kernel can report has a slot, and where the
 /// regions have the size the inline sequence is compiled for and lie above
 /// every CPU id (it compares ids with addresses).
-#[cold]
+///
+/// Decided once per thread: later slow paths (every update under another
+/// backend) return at once.
+#[inline]
 pub(crate) fn arm_fast_path() {
+    if !sys::rseq::fast_path_decided() {
+        decide_fast_path();
+    }
+}
+
+#[cold]
+fn decide_fast_path() {
     let info = info();
     let applies = sys::rseq::HAS_PERCPU_OPS
         && info.backend == Backend::Rseq

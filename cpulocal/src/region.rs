@@ -69,8 +69,10 @@ struct State {
     unreleased: usize,
 }
 
+/// The regions, once reserved.
+static REGIONS: OnceLock<Regions> = OnceLock::new();
+
 fn regions() -> Result<&'static Regions, AllocError> {
-    static REGIONS: OnceLock<Regions> = OnceLock::new();
     static RESERVING: Mutex<()> = Mutex::new(());
     if let Some(regions) = REGIONS.get() {
         return Ok(regions);
@@ -117,9 +119,10 @@ fn reserve() -> Result<Regions, AllocError> {
     Err(AllocError::System(last))
 }
 
-/// The lowest address of the regions (0 before they are reserved).
+/// The lowest address of the regions (0 before they are reserved; this
+/// reserves nothing).
 pub(crate) fn lowest_address() -> usize {
-    regions().map_or(0, |r| r.res.base() as usize)
+    REGIONS.get().map_or(0, |r| r.res.base() as usize)
 }
 
 /// The address of `slot`'s copy, given slot 0's.

@@ -139,6 +139,10 @@ pub(crate) mod rseq {
 
     pub(crate) const SEQ_SHIFT: u32 = super::MAX_UNIT_SHIFT;
 
+    pub(crate) fn fast_path_decided() -> bool {
+        true
+    }
+
     pub(crate) fn arm_fast_path(_applies: bool) {}
 
     /// No inline fast path: always the slow path.
