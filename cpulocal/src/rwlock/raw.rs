@@ -586,9 +586,7 @@ impl<E: Env> RawRwLock<E> {
         let s = state.load(Relaxed);
         if s & FENCED != 0 {
             self.note_fenced_write();
-            let no_barrier =
-                if s & NO_BARRIER == 0 && !env.has_heavy_barrier() { NO_BARRIER } else { 0 };
-            state.fetch_or(WRITER | no_barrier, SeqCst);
+            state.fetch_or(self.fenced_write_bits(s), SeqCst);
             // Every reader fences after its count: a fence here pairs with it.
             env.fence_after_rmw();
             return Some(Blocked::Fenced);
@@ -699,12 +697,18 @@ impl<E: Env> RawRwLock<E> {
         if s & (WLOCKED | WRITER | FENCED) != FENCED || self.cold.parked.load(Acquire) != 0 {
             return None;
         }
-        let no_barrier =
-            if s & NO_BARRIER == 0 && !env.has_heavy_barrier() { NO_BARRIER } else { 0 };
-        state.compare_exchange(s, s | WLOCKED | WRITER | no_barrier, SeqCst, Relaxed).ok()?;
+        let set = WLOCKED | self.fenced_write_bits(s);
+        state.compare_exchange(s, s | set, SeqCst, Relaxed).ok()?;
         env.fence_after_rmw();
         self.note_fenced_write();
         Some(Blocked::Fenced)
+    }
+
+    /// The bits a fenced write sets in `state` (now `s`): WRITER, and
+    /// NO_BARRIER for good once the process has no heavy barrier.
+    fn fenced_write_bits(&self, s: u32) -> u32 {
+        let gone = s & NO_BARRIER == 0 && !self.hot.env.has_heavy_barrier();
+        WRITER | if gone { NO_BARRIER } else { 0 }
     }
 
     /// Tells readers on the fenced path that a write happened (they restart
