@@ -138,8 +138,13 @@ pub fn backend() -> Backend {
 /// ```
 /// assert!(cpulocal::cpu::current() < cpulocal::cpu::count());
 /// ```
+#[inline]
 pub fn count() -> usize {
-    info().count
+    // One load once the CPUs are known (`COUNT` holds `info().count` then).
+    match COUNT.load(Ordering::Relaxed) {
+        0 => info().count,
+        count => count,
+    }
 }
 
 /// The CPU this thread is running on now.
@@ -277,6 +282,7 @@ pub(crate) fn spill_slot() -> usize {
 }
 
 /// Slots every per-CPU object has: one per CPU id, plus [`spill_slot`].
+#[inline]
 pub(crate) fn slots() -> usize {
     count() + 1
 }

@@ -147,12 +147,25 @@ impl Cpus {
 
     /// The sum of every slot's count at `offset` (the CPUs', the spill
     /// slot's and the spare word), each read with acquire ordering.
+    #[inline]
     fn sum(&self, offset: usize) -> u64 {
         let spare = self.spare[offset / 8].load(Ordering::Acquire);
         let Some(base) = self.counts.get() else { return spare };
-        (0..cpu::slots()).fold(spare, |sum, slot| {
-            sum.wrapping_add(self.word(base, slot, offset).load(Ordering::Acquire))
-        })
+        // The stride read once: a relaxed load between the acquire loads
+        // below would be read again on every slot.
+        let stride = crate::region::unit();
+        let mut word = base.as_ptr().wrapping_add(offset);
+        let mut sum = spare;
+        for _ in 0..cpu::slots() {
+            // SAFETY: `word` is a slot's count at `offset` (slot 0's, then
+            // one region further each round, as `LazyPercpu::slot` finds
+            // them): 8 bytes aligned to 8 in the slot's 16, alive as long
+            // as `self`, and only ever accessed atomically.
+            let count = unsafe { AtomicU64::from_ptr(word.cast()) };
+            sum = sum.wrapping_add(count.load(Ordering::Acquire));
+            word = word.wrapping_add(stride);
+        }
+        sum
     }
 }
 
@@ -176,10 +189,12 @@ impl Env for Cpus {
         self.add_fast::<UNLOCKS>(Ordering::Release);
     }
 
+    #[inline]
     fn locks(&self) -> u64 {
         self.sum(LOCKS)
     }
 
+    #[inline]
     fn unlocks(&self) -> u64 {
         self.sum(UNLOCKS)
     }
@@ -215,6 +230,7 @@ impl Env for Cpus {
         use_membarrier() && sys::membarrier::heavy()
     }
 
+    #[inline]
     fn has_heavy_barrier(&self) -> bool {
         use_membarrier()
     }

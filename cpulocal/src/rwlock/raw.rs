@@ -412,10 +412,20 @@ impl<E: Env> RawRwLock<E> {
     /// If the lock's readers relied on a heavy barrier that the process can
     /// no longer issue (see [`Env::heavy_barrier`]); the lock is then fenced
     /// for good and later writes succeed.
+    #[inline]
     pub(crate) fn write_lock(&self) {
-        if let Some(how) = self.lock_and_block_fast() {
-            return self.wait_for_readers(how);
+        match self.lock_and_block_fast() {
+            // The uncontended write: no reader inside, nothing to wait for.
+            Some(_) if self.drained().0 => {}
+            Some(how) => self.wait_for_readers(how),
+            None => self.write_lock_slow(),
         }
+    }
+
+    /// [`write_lock`](Self::write_lock) when the writers' mutex is taken,
+    /// readers do not fence, or readers met the previous writer.
+    #[inline(never)]
+    fn write_lock_slow(&self) {
         self.lock_writers();
         self.block_and_wait();
     }
@@ -614,6 +624,7 @@ impl<E: Env> RawRwLock<E> {
     /// Whether every read lock counted on the per-CPU counts so far has
     /// been counted out: the sum of the unlock counts, read first, equals
     /// the sum of the lock counts. Also returns the lock counts' sum.
+    #[inline]
     fn drained(&self) -> (bool, u64) {
         let env = &self.hot.env;
         let unlocks = env.unlocks();
@@ -625,6 +636,7 @@ impl<E: Env> RawRwLock<E> {
 
     /// Waits until [`drained`](Self::drained): spins, yields, then sleeps
     /// on `gate`, woken by the unlock of any reader that sees WRITER.
+    #[inline(never)]
     fn wait_for_readers(&self, how: Blocked) {
         let env = &self.hot.env;
         let gate = &self.cold.gate;
