@@ -221,6 +221,10 @@ impl Env for Model {
         self.clock.fetch_add(1 << 40, Ordering::Relaxed)
     }
 
+    fn crowded(&self) -> bool {
+        false
+    }
+
     fn clock_due(&self) -> bool {
         true
     }

@@ -339,6 +339,58 @@ mod stress {
         assert_eq!(lock.read().a, writes, "{writes} writes in {took:?}");
     }
 
+    /// A periodic writer against four reading threads per CPU, more than
+    /// the CPUs can run: every write gets in, readers see only whole
+    /// writes, and (where `/proc/loadavg` says how crowded the CPUs are)
+    /// the lock notices and has its writers sleep rather than yield while
+    /// they wait for readers preempted inside.
+    #[test]
+    fn periodic_writer_gets_in_with_four_readers_per_cpu() {
+        // Four per online CPU: crowded by the system-wide measure the lock
+        // uses, even if this process may run on fewer.
+        // SAFETY: sysconf has no preconditions.
+        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
+        let lock = Arc::new(RwLock::new(Pair { a: 0, b: 0 }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..4 * cpus)
+            .map(|_| {
+                let (lock, stop) = (lock.clone(), stop.clone());
+                thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        check(&lock.read(), "reader");
+                    }
+                })
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(20));
+        let writes = common::scaled(300) as u64;
+        let (done_tx, done_rx) = mpsc::channel();
+        let writer_lock = lock.clone();
+        thread::spawn(move || {
+            // At least `writes`, and on until the lock has seen crowding or
+            // 10 s have passed.
+            let start = Instant::now();
+            let (mut done, mut slept) = (0, false);
+            while done < writes || !slept && start.elapsed() < Duration::from_secs(10) {
+                bump(&mut writer_lock.write(), "writer");
+                done += 1;
+                slept |= format!("{writer_lock:?}").contains(r#"writers_wait: "sleep""#);
+                thread::sleep(Duration::from_micros(100));
+            }
+            let _ = done_tx.send((done, slept));
+        });
+        let outcome = done_rx.recv_timeout(Duration::from_secs(60));
+        stop.store(true, Ordering::Relaxed);
+        let (done, slept) = outcome.expect("the writer starved: no progress in 60 s");
+        for r in readers {
+            r.join().unwrap();
+        }
+        assert_eq!(lock.read().a, done);
+        if std::fs::read_to_string("/proc/loadavg").is_ok() {
+            assert!(slept, "{} readers on {cpus} CPUs never counted as crowded", 4 * cpus);
+        }
+    }
+
     /// Waits until thread `tid` of this process sleeps (blocked in the
     /// kernel), at most 10 s.
     fn wait_until_asleep(tid: libc::pid_t) {

@@ -203,6 +203,7 @@ impl fmt::Debug for RawRwLock {
         f.debug_struct("RawRwLock")
             .field("write_locked", &self.0.is_write_locked())
             .field("readers", &self.0.reader_mode())
+            .field("writers_wait", &self.0.writer_wait_mode())
             .finish_non_exhaustive()
     }
 }

@@ -37,6 +37,8 @@
 //! gate    1 while the writer sleeps waiting for readers to leave.
 //! fenced_until  the clock time after which readers may clear FENCED.
 //! heavy_cost    what the last heavy barrier cost, in nanoseconds.
+//! crowded_until until when writers waiting for readers sleep rather than
+//!               yield (the CPUs were found crowded).
 //! writes        writes on the fenced path; a reader that sees it change
 //!               restarts the fenced window (writers read no clock).
 //! per slot: locks (read_lock attempts), unlocks (read_unlock and back-offs),
@@ -80,8 +82,14 @@ pub(crate) const INHIBIT: u64 = 9;
 /// per quiet spell this long (DESIGN.md).
 pub(crate) const MIN_FENCED_NS: u64 = 20_000_000;
 
-/// Rounds of spinning (2 + 4 + 8 + 16 spin-loop hints, about a
-/// microsecond) a writer gives readers that met the previous writer.
+/// How long (50 ms) writers waiting for readers sleep without yielding
+/// once the CPUs were found crowded; then a write that needs to wait asks
+/// again.
+const CROWDED_NS: u64 = 50_000_000;
+
+/// Rounds of spinning (at most 2 + 4 + 8 + 16 spin-loop hints, fewer if
+/// [`Env::SPINS`] is smaller) a writer gives readers that met the previous
+/// writer.
 const PARKED_ROUNDS: u32 = 4;
 
 /// What the protocol needs from its surroundings.
@@ -123,6 +131,10 @@ pub(crate) trait Env {
     fn heavy_barrier(&self) -> bool;
     /// Whether [`Env::heavy_barrier`] exists in this process.
     fn has_heavy_barrier(&self) -> bool;
+    /// Whether more threads want the CPUs than there are, by a margin: a
+    /// thread that yields is then likely followed by others than the one
+    /// it waits for. False where that cannot be told.
+    fn crowded(&self) -> bool;
     /// A monotonic clock, in nanoseconds.
     fn now(&self) -> u64;
     /// Whether a reader on the fenced path should look at the clock this
@@ -152,6 +164,9 @@ struct Cold {
     gate: AtomicU32,
     fenced_until: AtomicU64,
     heavy_cost: AtomicU64,
+    /// Until when (clock time) writers waiting for readers sleep without
+    /// yielding: the CPUs were found crowded.
+    crowded_until: AtomicU64,
     /// Writes on the fenced path (written under WLOCKED), and the count a
     /// reader last saw when it looked at the clock.
     writes: AtomicU64,
@@ -180,6 +195,7 @@ macro_rules! new_raw {
                 gate: AtomicU32::new(0),
                 fenced_until: AtomicU64::new(0),
                 heavy_cost: AtomicU64::new(0),
+                crowded_until: AtomicU64::new(0),
                 writes: AtomicU64::new(0),
                 writes_seen: AtomicU64::new(0),
             },
@@ -223,6 +239,17 @@ impl<E: Env> RawRwLock<E> {
             "fence"
         } else {
             "no fence"
+        }
+    }
+
+    /// How a writer that waits for readers gives them its CPU now:
+    /// `"yield"`, or `"sleep"` while the CPUs were lately found crowded
+    /// (see [`yield_to_readers`](Self::yield_to_readers)).
+    pub(crate) fn writer_wait_mode(&self) -> &'static str {
+        if self.hot.env.now() < self.cold.crowded_until.load(Relaxed) {
+            "sleep"
+        } else {
+            "yield"
         }
     }
 
@@ -647,9 +674,18 @@ impl<E: Env> RawRwLock<E> {
             if self.drained().0 {
                 break;
             }
-            if round < E::SPINS + E::YIELDS {
+            if round < E::SPINS {
                 pause(round, E::SPINS);
                 round += 1;
+                continue;
+            }
+            if round < E::SPINS + E::YIELDS {
+                let first = round == E::SPINS;
+                round += 1;
+                if !self.yield_to_readers(first) {
+                    // Crowded CPUs: sleep from now on.
+                    round = E::SPINS + E::YIELDS;
+                }
                 continue;
             }
             gate.store(1, Relaxed);
@@ -680,6 +716,30 @@ impl<E: Env> RawRwLock<E> {
             }
         }
         gate.store(0, Relaxed);
+    }
+
+    /// A writer waiting for readers yields its CPU, so that a reader
+    /// preempted inside on this CPU can leave, unless the CPUs are crowded
+    /// ([`Env::crowded`]): there the reader is likely queued behind other
+    /// threads, and a yield, even one that returns at once, costs the
+    /// writer its place in the scheduler's order, while a sleep on `gate`,
+    /// woken by the last reader out, keeps it. A write whose first yield
+    /// left readers inside asks whether the CPUs are crowded; if so, writes
+    /// sleep without yielding for [`CROWDED_NS`]. `first`: this is the
+    /// write's first yield. Returns false (having yielded or not) if the
+    /// writer should sleep rather than yield again.
+    fn yield_to_readers(&self, first: bool) -> bool {
+        let env = &self.hot.env;
+        let crowded_until = &self.cold.crowded_until;
+        if first && env.now() < crowded_until.load(Relaxed) {
+            return false;
+        }
+        thread::yield_now();
+        if first && !self.drained().0 && env.crowded() {
+            crowded_until.store(env.now().saturating_add(CROWDED_NS), Relaxed);
+            return false;
+        }
+        true
     }
 
     /// Gives readers that met the previous writer a bounded moment to get

@@ -27,6 +27,11 @@ pub(crate) fn fork_generation() -> u64 {
     0
 }
 
+/// Unknown here.
+pub(crate) fn runnable_threads() -> Option<(usize, usize)> {
+    None
+}
+
 pub(crate) fn possible_cpus() -> Option<usize> {
     None
 }

@@ -19,6 +19,8 @@
 //! - `Reservation`: address space reserved up front, committed in pieces, and
 //!   given back page by page (`release`);
 //! - `fork_generation()`: a number that changes in every forked child;
+//! - `runnable_threads()`: the threads runnable system-wide and the CPUs
+//!   online, where the platform says;
 //! - `affinity`: the calling thread's allowed CPUs, pinning;
 //! - `membarrier`: the asymmetric process-wide fence, if the kernel has it;
 //! - `futex_wait` / `futex_wake` on an `AtomicU32`.

@@ -63,6 +63,27 @@ pub(crate) fn configured_cpus() -> usize {
     }
 }
 
+/// The threads runnable on the whole system right now (running or queued)
+/// and the CPUs online, from `/proc/loadavg` and `sysconf`. `None` if
+/// either is unknown (no procfs, say).
+pub(crate) fn runnable_threads() -> Option<(usize, usize)> {
+    use std::io::Read;
+    let mut buf = [0u8; 128];
+    let mut file = std::fs::File::open("/proc/loadavg").ok()?;
+    let len = file.read(&mut buf).ok()?;
+    let runnable = runnable_from(std::str::from_utf8(&buf[..len]).ok()?)?;
+    // SAFETY: sysconf has no preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    Some((runnable, usize::try_from(online).ok().filter(|&n| n > 0)?))
+}
+
+/// The runnable count in a `/proc/loadavg` line: the fourth field is
+/// `runnable/threads`.
+fn runnable_from(loadavg: &str) -> Option<usize> {
+    let field = loadavg.split_ascii_whitespace().nth(3)?;
+    field.split_once('/')?.0.parse().ok()
+}
+
 /// The CPU the calling thread runs on, from `sched_getcpu` (vDSO or rseq).
 #[inline]
 pub(crate) fn getcpu() -> Option<usize> {
@@ -226,7 +247,7 @@ pub(crate) fn futex_wake(word: &AtomicU32, n: i32) {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_cpu_list, possible_from};
+    use super::{parse_cpu_list, possible_from, runnable_from, runnable_threads};
 
     #[test]
     fn cpu_lists() {
@@ -246,5 +267,21 @@ mod tests {
         assert_eq!(possible_from(&usize::MAX.to_string()), None);
         assert_eq!(possible_from("0-4294967295"), None);
         assert_eq!(possible_from(""), None);
+    }
+
+    #[test]
+    fn loadavg_lines() {
+        assert_eq!(runnable_from("0.52 0.58 0.59 3/467 12345\n"), Some(3));
+        assert_eq!(runnable_from("0.00 0.01 0.05 12/90 1"), Some(12));
+        assert_eq!(runnable_from("0.52 0.58 0.59"), None);
+        assert_eq!(runnable_from("0.52 0.58 0.59 x/467 1"), None);
+        assert_eq!(runnable_from(""), None);
+    }
+
+    #[test]
+    fn this_thread_is_runnable() {
+        let (runnable, online) = runnable_threads().expect("procfs and sysconf");
+        assert!(runnable >= 1, "the caller itself runs");
+        assert!(online >= 1);
     }
 }
