@@ -83,8 +83,8 @@ pub(crate) const INHIBIT: u64 = 9;
 pub(crate) const MIN_FENCED_NS: u64 = 20_000_000;
 
 /// How long (50 ms) writers waiting for readers sleep without yielding
-/// once the CPUs were found crowded; then a write that needs to wait asks
-/// again.
+/// once the CPUs were found crowded; then the next write that waits asks
+/// again, before it yields.
 const CROWDED_NS: u64 = 50_000_000;
 
 /// Rounds of spinning (at most 2 + 4 + 8 + 16 spin-loop hints, fewer if
@@ -725,14 +725,26 @@ impl<E: Env> RawRwLock<E> {
     /// writer its place in the scheduler's order, while a sleep on `gate`,
     /// woken by the last reader out, keeps it. A write whose first yield
     /// left readers inside asks whether the CPUs are crowded; if so, writes
-    /// sleep without yielding for [`CROWDED_NS`]. `first`: this is the
+    /// sleep without yielding for [`CROWDED_NS`], and the first write to
+    /// wait after that asks again before it yields. `first`: this is the
     /// write's first yield. Returns false (having yielded or not) if the
     /// writer should sleep rather than yield again.
     fn yield_to_readers(&self, first: bool) -> bool {
         let env = &self.hot.env;
         let crowded_until = &self.cold.crowded_until;
-        if first && env.now() < crowded_until.load(Relaxed) {
-            return false;
+        let until = crowded_until.load(Relaxed);
+        if first && until != 0 {
+            // Crowded lately: until the window ends, sleep; then ask again
+            // before yielding (a yield there costs a scheduler slice).
+            let now = env.now();
+            if now < until {
+                return false;
+            }
+            if env.crowded() {
+                crowded_until.store(now.saturating_add(CROWDED_NS), Relaxed);
+                return false;
+            }
+            crowded_until.store(0, Relaxed);
         }
         thread::yield_now();
         if first && !self.drained().0 && env.crowded() {
