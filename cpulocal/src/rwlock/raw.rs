@@ -167,6 +167,8 @@ struct Cold {
     /// Until when (clock time) writers waiting for readers sleep without
     /// yielding: the CPUs were found crowded.
     crowded_until: AtomicU64,
+    /// 1 if the last write that asked found the CPUs crowded.
+    crowded_votes: AtomicU32,
     /// Writes on the fenced path (written under WLOCKED), and the count a
     /// reader last saw when it looked at the clock.
     writes: AtomicU64,
@@ -196,6 +198,7 @@ macro_rules! new_raw {
                 fenced_until: AtomicU64::new(0),
                 heavy_cost: AtomicU64::new(0),
                 crowded_until: AtomicU64::new(0),
+                crowded_votes: AtomicU32::new(0),
                 writes: AtomicU64::new(0),
                 writes_seen: AtomicU64::new(0),
             },
@@ -724,9 +727,10 @@ impl<E: Env> RawRwLock<E> {
     /// threads, and a yield, even one that returns at once, costs the
     /// writer its place in the scheduler's order, while a sleep on `gate`,
     /// woken by the last reader out, keeps it. A write whose first yield
-    /// left readers inside asks whether the CPUs are crowded; if so, writes
-    /// sleep without yielding for [`CROWDED_NS`], and the first write to
-    /// wait after that asks again before it yields. `first`: this is the
+    /// left readers inside asks whether the CPUs are crowded; if two such
+    /// writes in a row find them so, writes sleep without yielding for
+    /// [`CROWDED_NS`], and the first write to wait after that asks again
+    /// before it yields. `first`: this is the
     /// write's first yield. Returns false (having yielded or not) if the
     /// writer should sleep rather than yield again.
     fn yield_to_readers(&self, first: bool) -> bool {
@@ -747,9 +751,19 @@ impl<E: Env> RawRwLock<E> {
             crowded_until.store(0, Relaxed);
         }
         thread::yield_now();
-        if first && !self.drained().0 && env.crowded() {
-            crowded_until.store(env.now().saturating_add(CROWDED_NS), Relaxed);
-            return false;
+        if first && !self.drained().0 {
+            // Two crowded counts in a row: a lone one may be a passing
+            // burst of other threads.
+            let votes = &self.cold.crowded_votes;
+            if !env.crowded() {
+                votes.store(0, Relaxed);
+            } else if votes.load(Relaxed) == 0 {
+                votes.store(1, Relaxed);
+            } else {
+                votes.store(0, Relaxed);
+                crowded_until.store(env.now().saturating_add(CROWDED_NS), Relaxed);
+                return false;
+            }
         }
         true
     }
