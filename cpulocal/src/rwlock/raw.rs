@@ -726,45 +726,55 @@ impl<E: Env> RawRwLock<E> {
     /// ([`Env::crowded`]): there the reader is likely queued behind other
     /// threads, and a yield, even one that returns at once, costs the
     /// writer its place in the scheduler's order, while a sleep on `gate`,
-    /// woken by the last reader out, keeps it. A write whose first yield
-    /// left readers inside asks whether the CPUs are crowded; if two such
-    /// writes in a row find them so, writes sleep without yielding for
-    /// [`CROWDED_NS`], and the first write to wait after that asks again
-    /// before it yields. `first`: this is the
-    /// write's first yield. Returns false (having yielded or not) if the
-    /// writer should sleep rather than yield again.
+    /// woken by the last reader out, keeps it. `first`: this is the
+    /// write's first yield, the one that looks at crowding. Returns false
+    /// (having yielded or not) if the writer should sleep rather than
+    /// yield again.
     fn yield_to_readers(&self, first: bool) -> bool {
+        if first && self.crowded_lately() {
+            return false;
+        }
+        thread::yield_now();
+        !(first && !self.drained().0 && self.vote_crowded())
+    }
+
+    /// Whether writers are in a crowded window: until it ends, yes; when
+    /// it has ended, whether the CPUs are still crowded (asked before
+    /// yielding, since a yield there costs a scheduler slice), which opens
+    /// the next window or closes this one.
+    fn crowded_lately(&self) -> bool {
         let env = &self.hot.env;
         let crowded_until = &self.cold.crowded_until;
         let until = crowded_until.load(Relaxed);
-        if first && until != 0 {
-            // Crowded lately: until the window ends, sleep; then ask again
-            // before yielding (a yield there costs a scheduler slice).
-            let now = env.now();
-            if now < until {
-                return false;
-            }
-            if env.crowded() {
-                crowded_until.store(now.saturating_add(CROWDED_NS), Relaxed);
-                return false;
-            }
-            crowded_until.store(0, Relaxed);
+        if until == 0 {
+            return false;
         }
-        thread::yield_now();
-        if first && !self.drained().0 {
-            // Two crowded counts in a row: a lone one may be a passing
-            // burst of other threads.
-            let votes = &self.cold.crowded_votes;
-            if !env.crowded() {
-                votes.store(0, Relaxed);
-            } else if votes.load(Relaxed) == 0 {
-                votes.store(1, Relaxed);
-            } else {
-                votes.store(0, Relaxed);
-                crowded_until.store(env.now().saturating_add(CROWDED_NS), Relaxed);
-                return false;
-            }
+        let now = env.now();
+        if now < until {
+            return true;
         }
+        let crowded = env.crowded();
+        crowded_until.store(if crowded { now.saturating_add(CROWDED_NS) } else { 0 }, Relaxed);
+        crowded
+    }
+
+    /// After a first yield that left readers inside: asks whether the CPUs
+    /// are crowded, and opens a window of [`CROWDED_NS`] on the second such
+    /// answer in a row (a lone one may be a passing burst of other
+    /// threads). Returns whether it opened one.
+    fn vote_crowded(&self) -> bool {
+        let env = &self.hot.env;
+        let votes = &self.cold.crowded_votes;
+        if !env.crowded() {
+            votes.store(0, Relaxed);
+            return false;
+        }
+        if votes.load(Relaxed) == 0 {
+            votes.store(1, Relaxed);
+            return false;
+        }
+        votes.store(0, Relaxed);
+        self.cold.crowded_until.store(env.now().saturating_add(CROWDED_NS), Relaxed);
         true
     }
 
