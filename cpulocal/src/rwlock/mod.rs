@@ -180,7 +180,7 @@ impl Env for Cpus {
     /// as parking_lot's spinning: a holder running on another CPU is out
     /// by then, and one that was preempted is only helped by a yield.
     /// (Six rounds, 3 us, doubled a periodic writer's median latency with a
-    /// reader per CPU: BENCHMARKS.md.)
+    /// reader per CPU: DESIGN.md, "The constants".)
     const SPINS: u32 = 3;
     const YIELDS: u32 = 8;
 
