@@ -610,22 +610,10 @@ fn upgradable_try_upgrade_and_downgrades() {
 #[test]
 fn upgrade_waits_for_reader() {
     let lock = LockApiRwLock::new(0);
-    let upgraded = AtomicBool::new(false);
-    thread::scope(|s| {
-        let r = lock.read();
-        let upgrader = s.spawn(|| {
-            *LockApiRwLockUpgradableReadGuard::upgrade(lock.upgradable_read()) += 1;
-            upgraded.store(true, Ordering::SeqCst);
-        });
-        // Give an upgrade that did not wait every chance to show.
-        for _ in 0..20 {
-            thread::sleep(Duration::from_millis(1));
-            assert_eq!(*r, 0, "the upgrade wrote while a reader was inside");
-            assert!(!upgraded.load(Ordering::SeqCst), "the upgrade did not wait for the reader");
-        }
-        drop(r);
-        upgrader.join().unwrap();
-    });
+    common::upgrade_waits_for_reader(
+        || lock.read(),
+        || *LockApiRwLockUpgradableReadGuard::upgrade(lock.upgradable_read()) += 1,
+    );
     assert_eq!(*lock.read(), 1);
 }
 

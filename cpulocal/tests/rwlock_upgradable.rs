@@ -9,7 +9,6 @@ use common::{bump, check, Pair};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
-use std::time::Duration;
 
 use cpulocal::{RwLock, RwLockUpgradableReadGuard, RwLockWriteGuard};
 
@@ -145,25 +144,10 @@ fn try_upgrade_fails_while_a_reader_is_inside() {
 #[test]
 fn upgrade_waits_for_the_reader_inside() {
     let lock = RwLock::new(0);
-    let upgraded = AtomicBool::new(false);
-    thread::scope(|s| {
-        let r = lock.read();
-        let upgrader = s.spawn(|| {
-            let u = lock.upgradable_read();
-            let mut w = RwLockUpgradableReadGuard::upgrade(u);
-            *w += 1;
-            upgraded.store(true, Ordering::SeqCst);
-        });
-        // Give an upgrade that did not wait every chance to show.
-        for _ in 0..20 {
-            thread::sleep(Duration::from_millis(1));
-            assert_eq!(*r, 0, "the upgrade wrote while a reader was inside");
-            assert!(!upgraded.load(Ordering::SeqCst), "the upgrade did not wait for the reader");
-        }
-        drop(r);
-        upgrader.join().unwrap();
-    });
-    assert!(upgraded.load(Ordering::SeqCst));
+    common::upgrade_waits_for_reader(
+        || lock.read(),
+        || *RwLockUpgradableReadGuard::upgrade(lock.upgradable_read()) += 1,
+    );
     assert_eq!(*lock.read(), 1);
 }
 

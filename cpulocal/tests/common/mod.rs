@@ -240,3 +240,30 @@ pub fn bump(pair: &mut Pair, who: &str) {
     // SAFETY: as above.
     unsafe { std::ptr::write_volatile(&mut pair.b, pair.b + 1) };
 }
+
+/// A reader on this thread holds a lock (`read` takes it, and it reads 0)
+/// while another thread runs `upgrade_and_add_one` (an upgradable read,
+/// upgraded, adding 1): the upgrade must not write while the reader is
+/// inside, and must complete once it leaves. The caller checks the 1.
+pub fn upgrade_waits_for_reader<G: std::ops::Deref<Target = i32>>(
+    read: impl FnOnce() -> G,
+    upgrade_and_add_one: impl FnOnce() + Send,
+) {
+    let upgraded = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let r = read();
+        let upgrader = s.spawn(|| {
+            upgrade_and_add_one();
+            upgraded.store(true, Ordering::SeqCst);
+        });
+        // Give an upgrade that did not wait every chance to show.
+        for _ in 0..20 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            assert_eq!(*r, 0, "the upgrade wrote while a reader was inside");
+            assert!(!upgraded.load(Ordering::SeqCst), "the upgrade did not wait for the reader");
+        }
+        drop(r);
+        upgrader.join().unwrap();
+    });
+    assert!(upgraded.load(Ordering::SeqCst));
+}
