@@ -1,5 +1,11 @@
 //! What the report says about the machine, and what the process uses.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Barrier;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
 use serde::Serialize;
 
 /// The machine the figures were measured on.
@@ -17,6 +23,8 @@ pub struct Machine {
     pub arch: String,
     /// `cpulocal::cpu::backend()`.
     pub backend: String,
+    /// [`line_transfer_ns`] at the start of the run.
+    pub line_transfer_ns: Option<f64>,
 }
 
 impl Machine {
@@ -32,6 +40,7 @@ impl Machine {
             os: format!("{}{kernel}", std::env::consts::OS),
             arch: std::env::consts::ARCH.to_string(),
             backend: cpulocal::cpu::backend().to_string(),
+            line_transfer_ns: line_transfer_ns(TRANSFER_ROUND_TRIPS),
         }
     }
 }
@@ -49,6 +58,72 @@ fn cpu_model() -> Option<String> {
             (k.trim() == *key && !v.trim().is_empty()).then(|| v.trim().to_string())
         })
     })
+}
+
+/// Round trips of one [`line_transfer_ns`] probe: 1 to 10 ms on the
+/// development VM.
+pub const TRANSFER_ROUND_TRIPS: u32 = 20_000;
+
+/// How long one [`line_transfer_ns`] probe may take: on a busy machine the
+/// players wait for each other's turns a scheduler slice at a time.
+const TRANSFER_DEADLINE: Duration = Duration::from_millis(50);
+
+/// How long a cache line takes to go from one CPU to another: two threads
+/// pinned to the first two CPUs this process may use take turns
+/// incrementing one word, `round_trips` times each (fewer if that takes
+/// longer than 50 ms), and the time is divided by the hand-offs. `None`
+/// with fewer than two usable CPUs or where threads cannot be pinned.
+///
+/// On a virtual machine this moves when the host moves the virtual CPUs
+/// (on the 2-vCPU development VM between about 22 and 200 ns), and every
+/// lock whose operations hand lines between CPUs moves with it; the report
+/// records it next to the figures.
+pub fn line_transfer_ns(round_trips: u32) -> Option<f64> {
+    let cpus = cpulocal::cpu::allowed().ok()?;
+    let pair = [*cpus.first()?, *cpus.get(1)?];
+    let turns = round_trips.checked_mul(2)?;
+    let word = CachePadded::new(AtomicU32::new(0));
+    let stop = CachePadded::new(AtomicBool::new(false));
+    let pinned = [AtomicBool::new(false), AtomicBool::new(false)];
+    let start_line = Barrier::new(2);
+    let elapsed = thread::scope(|s| {
+        let players: Vec<_> = pair
+            .iter()
+            .enumerate()
+            .map(|(me, &cpu)| {
+                let (word, stop, pinned, start_line) = (&word, &stop, &pinned, &start_line);
+                s.spawn(move || {
+                    let ok = cpulocal::cpu::set_affinity(&[cpu]).is_ok();
+                    pinned[me].store(ok, Ordering::Relaxed);
+                    start_line.wait();
+                    // Both pinned, or neither plays (a lone player would wait
+                    // for its partner's turn forever).
+                    if !pinned.iter().all(|p| p.load(Ordering::Relaxed)) {
+                        return None;
+                    }
+                    let started = Instant::now();
+                    // Player `me` moves on the even or the odd turns.
+                    let mut turn = me as u32;
+                    while turn < turns && !stop.load(Ordering::Relaxed) {
+                        if word.load(Ordering::Acquire) == turn {
+                            word.store(turn + 1, Ordering::Release);
+                            turn += 2;
+                            if turn % 512 < 2 && started.elapsed() > TRANSFER_DEADLINE {
+                                stop.store(true, Ordering::Relaxed);
+                            }
+                        } else {
+                            std::hint::spin_loop();
+                        }
+                    }
+                    Some(started.elapsed())
+                })
+            })
+            .collect();
+        let times: Vec<_> = players.into_iter().map(|p| p.join().ok().flatten()).collect();
+        times.into_iter().collect::<Option<Vec<_>>>()?.into_iter().max()
+    })?;
+    let handed = word.load(Ordering::Relaxed);
+    (handed > 0).then(|| elapsed.as_secs_f64() * 1e9 / f64::from(handed))
 }
 
 /// One more than the highest possible CPU id, from
@@ -86,6 +161,22 @@ pub fn resident_bytes() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_transfer_probe() {
+        let usable = cpulocal::cpu::allowed().map_or(0, |c| c.len());
+        let ns = line_transfer_ns(1_000);
+        if usable < 2 {
+            assert_eq!(ns, None);
+        } else {
+            // A hand-off between CPUs takes more than nothing and, even
+            // with the players descheduled now and then, far less than
+            // 10 ms on average.
+            let ns = ns.expect("two usable CPUs, yet no figure");
+            assert!(ns > 0.0 && ns < 1e7, "{ns} ns");
+        }
+        assert_eq!(line_transfer_ns(u32::MAX), None, "turns overflow");
+    }
 
     #[test]
     fn cpu_lists() {

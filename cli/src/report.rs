@@ -80,6 +80,22 @@ pub struct WorkloadReport {
     pub goals: Vec<Goal>,
     /// Anything odd seen while measuring.
     pub notes: Vec<String>,
+    /// Cache-line hand-offs between two CPUs probed while measuring, where
+    /// the workload probes them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub line_transfers: Vec<TransferProbe>,
+}
+
+/// One probe of [`crate::machine::line_transfer_ns`].
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct TransferProbe {
+    /// The thread count of the round of repetitions it preceded.
+    pub threads: usize,
+    /// One way, nanoseconds.
+    pub ns: f64,
+    /// Ours' throughput over the best peer's in that round.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ours_vs_best_peer: Option<f64>,
 }
 
 /// One implementation at one thread count.
@@ -178,7 +194,55 @@ impl WorkloadReport {
             summaries: Vec::new(),
             goals: Vec::new(),
             notes: Vec::new(),
+            line_transfers: Vec::new(),
         }
+    }
+
+    /// Notes the range of the [`line_transfers`](Self::line_transfers)
+    /// probes, per thread count, and how many were slow (over twice the
+    /// fastest of the run).
+    pub fn note_line_transfers(&mut self) {
+        let all = &self.line_transfers;
+        let Some(fastest) = all.iter().map(|p| p.ns).reduce(f64::min) else {
+            return;
+        };
+        let mut threads: Vec<usize> = all.iter().map(|p| p.threads).collect();
+        threads.dedup();
+        let ranges: Vec<String> = threads
+            .iter()
+            .map(|&t| {
+                let ns = all.iter().filter(|p| p.threads == t).map(|p| p.ns);
+                let (lo, hi) = ns.fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+                format!("{t}: {lo:.0}-{hi:.0}")
+            })
+            .collect();
+        let (slow, fast): (Vec<&TransferProbe>, Vec<&TransferProbe>) =
+            all.iter().partition(|p| p.ns > 2.0 * fastest);
+        let mut note = format!(
+            "implementations take turns, one repetition each; a cache line handed between two \
+             CPUs before each round took (threads: ns) {}",
+            ranges.join(", ")
+        );
+        if !slow.is_empty() {
+            note.push_str(&format!(
+                "; {} of {} rounds ran with slow hand-offs (over twice the fastest), which \
+                 every implementation of the round met",
+                slow.len(),
+                all.len()
+            ));
+            let median_ratio = |rounds: &[&TransferProbe]| {
+                let mut r: Vec<f64> = rounds.iter().filter_map(|p| p.ours_vs_best_peer).collect();
+                r.sort_by(f64::total_cmp);
+                r.get(r.len().wrapping_sub(1) / 2).copied()
+            };
+            if let (Some(f), Some(s)) = (median_ratio(&fast), median_ratio(&slow)) {
+                note.push_str(&format!(
+                    "; ours over the best peer, median of the rounds at any thread count: \
+                     {f:.2}x with fast hand-offs, {s:.2}x with slow ones"
+                ));
+            }
+        }
+        self.notes.push(note);
     }
 
     /// Adds a measured row.
@@ -661,6 +725,13 @@ impl Report {
             Some(why) => format!("skipped: {why}"),
         };
         let _ = writeln!(out, "cpulocal backend: {}; raw rseq limit: {raw}", m.backend);
+        if let Some(ns) = m.line_transfer_ns {
+            let _ = writeln!(
+                out,
+                "cache line handed between the first two usable CPUs: {ns:.0} ns one way \
+                 (moves on VMs when the host moves the vCPUs; lock figures move with it)"
+            );
+        }
         out.push_str(
             "ns/op/thread = elapsed x threads / operations; Mops/s total = operations / elapsed / 1e6\n",
         );
@@ -748,6 +819,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn line_transfer_note_splits_fast_and_slow_rounds() {
+        let probe = |threads, ns, ratio| TransferProbe { threads, ns, ours_vs_best_peer: ratio };
+        let mut w = WorkloadReport::new("x", "x");
+        w.note_line_transfers();
+        assert!(w.notes.is_empty(), "no probes, no note");
+        w.line_transfers = vec![
+            probe(1, 22.0, Some(1.2)),
+            probe(1, 25.0, Some(1.3)),
+            probe(2, 201.0, Some(0.5)),
+            probe(2, 23.0, Some(1.1)),
+            probe(2, 198.0, Some(0.4)),
+            probe(2, 190.0, None),
+        ];
+        w.note_line_transfers();
+        let note = &w.notes[0];
+        assert!(note.contains("(threads: ns) 1: 22-25, 2: 23-201"), "{note}");
+        assert!(note.contains("3 of 6 rounds ran with slow hand-offs"), "{note}");
+        // Fast rounds 1.1, 1.2, 1.3; slow rounds 0.4, 0.5 (lower median).
+        assert!(note.contains("1.20x with fast hand-offs, 0.40x with slow ones"), "{note}");
+        let mut calm = WorkloadReport::new("x", "x");
+        calm.line_transfers = vec![probe(2, 22.0, Some(1.0)), probe(2, 40.0, Some(1.0))];
+        calm.note_line_transfers();
+        assert!(!calm.notes[0].contains("slow"), "{}", calm.notes[0]);
+    }
+
+    #[test]
     fn three_significant_digits() {
         assert_eq!(num(0.6312), "0.631");
         assert_eq!(num(1.2345), "1.23");
@@ -798,6 +895,7 @@ mod tests {
                 os: "linux".into(),
                 arch: "x86_64".into(),
                 backend: "rseq".into(),
+                line_transfer_ns: Some(22.4),
             },
             raw_rseq_unavailable: None,
             workloads,

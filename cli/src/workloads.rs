@@ -12,13 +12,14 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::args::MemKind;
 use crate::harness::{self, Sample, Stats};
+use crate::machine;
 use crate::peers::{
     AllocImpl, CounterImpl, CpuLocalNew, NoLock, OursCounter, OursGet, OursLock, OursRwLock,
     ParkingLotRwLock, PercpuAlloc, RawRseq, Role, RwLockImpl, ShardedRwLock, SharedAtomic,
     SlotImpl, StdRwLock, StripedAtomic, ThreadLocalCounter, ThreadLocalGetOr, ThreadLocalNew,
 };
 use crate::periodic::{self, WriterFigures, WriterSample};
-use crate::report::{num, Row, Summary, WorkloadReport};
+use crate::report::{num, Row, Summary, TransferProbe, WorkloadReport};
 
 /// What to run, and for how long.
 #[derive(Clone, Debug)]
@@ -405,13 +406,30 @@ fn rwlock_mix(
     write_every: Option<u64>,
 ) -> WorkloadReport {
     let mut w = WorkloadReport::new(wl.id, wl.title);
-    rwlock_rows::<OursRwLock<u64>>(&mut w, plan, progress, write_every);
+    let ours_lock = CachePadded::new(OursRwLock::<u64>::new(0));
+    let std_lock = CachePadded::new(StdRwLock::<u64>::new(0));
+    let parking_lot = CachePadded::new(ParkingLotRwLock::<u64>::new(0));
+    let sharded = CachePadded::new(ShardedRwLock::<u64>::new(0));
+    let counters = match (OursCounter::new(), OursCounter::new()) {
+        (Ok(a), Ok(b)) => Ok((CachePadded::new(a), CachePadded::new(b))),
+        (Err(why), _) | (_, Err(why)) => Err(why),
+    };
+    let mut contenders = vec![rwlock_contender(&ours_lock, plan.slice, write_every)];
     if write_every.is_none() {
-        two_adds_rows(&mut w, plan, progress);
+        match &counters {
+            Ok(counters) => contenders.push(two_adds_contender(counters, plan.slice)),
+            Err(why) => {
+                for &t in &plan.rwlock_threads {
+                    w.skip(TWO_ADDS, Role::Limit, t, why);
+                }
+                progress.step(plan.rwlock_cells(1));
+            }
+        }
     }
-    rwlock_rows::<StdRwLock<u64>>(&mut w, plan, progress, write_every);
-    rwlock_rows::<ParkingLotRwLock<u64>>(&mut w, plan, progress, write_every);
-    rwlock_rows::<ShardedRwLock<u64>>(&mut w, plan, progress, write_every);
+    contenders.push(rwlock_contender(&std_lock, plan.slice, write_every));
+    contenders.push(rwlock_contender(&parking_lot, plan.slice, write_every));
+    contenders.push(rwlock_contender(&sharded, plan.slice, write_every));
+    measure_in_turns(&mut w, plan, progress, &contenders);
     w.summarize_throughput();
     let ours = OursRwLock::<u64>::NAME;
     w.goal_best_peer_everywhere(ours, 0.9);
@@ -426,67 +444,107 @@ fn rwlock_mix(
              to lock, one to unlock"
         ));
     }
+    w.note_line_transfers();
     w
 }
 
 /// The limit row of the read workload.
 const TWO_ADDS: &str = "two Counter::add";
 
+/// One row of a comparison measured in turns: its name, its role, and one
+/// repetition of its cell at a thread count.
+struct Contender<'a> {
+    name: &'static str,
+    role: Role,
+    sample: Box<dyn Fn(usize) -> Sample + 'a>,
+}
+
+/// Measures every contender at every rwlock thread count, one repetition
+/// each in turn, so that whatever the machine does meanwhile (a VM whose
+/// CPUs the host moves apart, another process) falls on each of them
+/// alike; probes the cache-line hand-off before each round.
+fn measure_in_turns(
+    w: &mut WorkloadReport,
+    plan: &Plan,
+    progress: &Progress,
+    contenders: &[Contender],
+) {
+    for &t in &plan.rwlock_threads {
+        let mut samples: Vec<Vec<Sample>> = contenders.iter().map(|_| Vec::new()).collect();
+        for rep in 0..plan.reps {
+            let probe = machine::line_transfer_ns(machine::TRANSFER_ROUND_TRIPS);
+            let mut ours = None;
+            let mut best_peer = None::<f64>;
+            for (c, out) in contenders.iter().zip(&mut samples) {
+                let s = if t == 1 { "" } else { "s" };
+                progress.start(format!("{}, {t} thread{s} ({}/{})", c.name, rep + 1, plan.reps));
+                let sample = (c.sample)(t);
+                match c.role {
+                    Role::Ours => ours = Some(sample.mops()),
+                    Role::Peer => best_peer = Some(best_peer.unwrap_or(0.0).max(sample.mops())),
+                    Role::Limit => {}
+                }
+                out.push(sample);
+                progress.step(plan.slice_ms());
+            }
+            if let Some(ns) = probe {
+                let ours_vs_best_peer = ours.zip(best_peer).map(|(o, p)| o / p.max(1e-9));
+                w.line_transfers.push(TransferProbe { threads: t, ns, ours_vs_best_peer });
+            }
+        }
+        for (c, out) in contenders.iter().zip(&samples) {
+            w.push(c.name, c.role, t, Stats::of(out));
+        }
+    }
+}
+
+/// A lock's row of a read/write mix: every `write_every`th operation of
+/// each thread is a write, the others reads (all reads if `None`).
+fn rwlock_contender<L: RwLockImpl<u64>>(
+    lock: &CachePadded<L>,
+    slice: Duration,
+    write_every: Option<u64>,
+) -> Contender<'_> {
+    let sample = move |t| match write_every {
+        None => harness::run(t, slice, 64, &|_| {
+            || {
+                lock.read(|v| black_box(*v));
+            }
+        }),
+        // A batch holds at most one write, so that a slow write delays the
+        // end of a measurement by one write at most.
+        Some(period) => harness::run(t, slice, period.min(64), &|thread| {
+            // Threads write at staggered points of their own count.
+            let mut until_write = 1 + (thread as u64 * 37) % period;
+            move || {
+                until_write -= 1;
+                if until_write == 0 {
+                    until_write = period;
+                    lock.write(|v| *v += 1);
+                } else {
+                    lock.read(|v| black_box(*v));
+                }
+            }
+        }),
+    };
+    Contender { name: L::NAME, role: L::ROLE, sample: Box::new(sample) }
+}
+
 /// Two `cpulocal::Counter::add`s on two counters: what a read lock and
 /// unlock on per-CPU counts cannot go below.
-fn two_adds_rows(w: &mut WorkloadReport, plan: &Plan, progress: &Progress) {
-    let counters = match (OursCounter::new(), OursCounter::new()) {
-        (Ok(a), Ok(b)) => (CachePadded::new(a), CachePadded::new(b)),
-        (Err(why), _) | (_, Err(why)) => {
-            for &t in &plan.rwlock_threads {
-                w.skip(TWO_ADDS, Role::Limit, t, &why);
-            }
-            return progress.step(plan.rwlock_cells(1));
-        }
-    };
-    for &t in &plan.rwlock_threads {
-        let stats = measure(plan, progress, TWO_ADDS, t, 64, &|_| {
+fn two_adds_contender(
+    counters: &(CachePadded<OursCounter>, CachePadded<OursCounter>),
+    slice: Duration,
+) -> Contender<'_> {
+    let sample = move |t| {
+        harness::run(t, slice, 64, &|_| {
             || {
                 counters.0.add(1);
                 counters.1.add(1);
             }
-        });
-        w.push(TWO_ADDS, Role::Limit, t, stats);
-    }
-}
-
-fn rwlock_rows<L: RwLockImpl<u64>>(
-    w: &mut WorkloadReport,
-    plan: &Plan,
-    progress: &Progress,
-    write_every: Option<u64>,
-) {
-    let lock = &CachePadded::new(L::new(0));
-    for &t in &plan.rwlock_threads {
-        let stats = match write_every {
-            None => measure(plan, progress, L::NAME, t, 64, &|_| {
-                || {
-                    lock.read(|v| black_box(*v));
-                }
-            }),
-            // A batch holds at most one write, so that a slow write delays
-            // the end of a measurement by one write at most.
-            Some(period) => measure(plan, progress, L::NAME, t, period.min(64), &|thread| {
-                // Threads write at staggered points of their own count.
-                let mut until_write = 1 + (thread as u64 * 37) % period;
-                move || {
-                    until_write -= 1;
-                    if until_write == 0 {
-                        until_write = period;
-                        lock.write(|v| *v += 1);
-                    } else {
-                        lock.read(|v| black_box(*v));
-                    }
-                }
-            }),
-        };
-        w.push(L::NAME, L::ROLE, t, stats);
-    }
+        })
+    };
+    Contender { name: TWO_ADDS, role: Role::Limit, sample: Box::new(sample) }
 }
 
 fn periodic_writer(
