@@ -216,29 +216,39 @@ impl WorkloadReport {
                 format!("{t}: {lo:.0}-{hi:.0}")
             })
             .collect();
-        let (slow, fast): (Vec<&TransferProbe>, Vec<&TransferProbe>) =
-            all.iter().partition(|p| p.ns > 2.0 * fastest);
+        let is_slow = |p: &TransferProbe| p.ns > 2.0 * fastest;
+        let slow = all.iter().filter(|p| is_slow(p)).count();
         let mut note = format!(
             "implementations take turns, one repetition each; a cache line handed between two \
              CPUs before each round took (threads: ns) {}",
             ranges.join(", ")
         );
-        if !slow.is_empty() {
+        if slow > 0 {
             note.push_str(&format!(
-                "; {} of {} rounds ran with slow hand-offs (over twice the fastest), which \
+                "; {slow} of {} rounds ran with slow hand-offs (over twice the fastest), which \
                  every implementation of the round met",
-                slow.len(),
                 all.len()
             ));
-            let median_ratio = |rounds: &[&TransferProbe]| {
-                let mut r: Vec<f64> = rounds.iter().filter_map(|p| p.ours_vs_best_peer).collect();
+            // Median (the lower, for an even count) of ours' ratio to the
+            // best peer over the rounds at `t` threads with slow hand-offs or not.
+            let median_ratio = |t: usize, slow: bool| {
+                let mut r: Vec<f64> = all
+                    .iter()
+                    .filter(|p| p.threads == t && is_slow(p) == slow)
+                    .filter_map(|p| p.ours_vs_best_peer)
+                    .collect();
                 r.sort_by(f64::total_cmp);
-                r.get(r.len().wrapping_sub(1) / 2).copied()
+                r.get(r.len().wrapping_sub(1) / 2).map_or("-".to_string(), |v| format!("{v:.2}x"))
             };
-            if let (Some(f), Some(s)) = (median_ratio(&fast), median_ratio(&slow)) {
+            let split: Vec<String> = threads
+                .iter()
+                .map(|&t| format!("{t}: {} / {}", median_ratio(t, false), median_ratio(t, true)))
+                .collect();
+            if all.iter().any(|p| p.ours_vs_best_peer.is_some()) {
                 note.push_str(&format!(
-                    "; ours over the best peer, median of the rounds at any thread count: \
-                     {f:.2}x with fast hand-offs, {s:.2}x with slow ones"
+                    "; ours over the best peer, median of the fast / the slow rounds (threads: \
+                     ratios) {}",
+                    split.join(", ")
                 ));
             }
         }
@@ -836,8 +846,9 @@ mod tests {
         let note = &w.notes[0];
         assert!(note.contains("(threads: ns) 1: 22-25, 2: 23-201"), "{note}");
         assert!(note.contains("3 of 6 rounds ran with slow hand-offs"), "{note}");
-        // Fast rounds 1.1, 1.2, 1.3; slow rounds 0.4, 0.5 (lower median).
-        assert!(note.contains("1.20x with fast hand-offs, 0.40x with slow ones"), "{note}");
+        // At 2 threads: fast rounds 1.1; slow 0.4, 0.5 (the lower median)
+        // and one without a ratio.
+        assert!(note.contains("(threads: ratios) 1: 1.20x / -, 2: 1.10x / 0.40x"), "{note}");
         let mut calm = WorkloadReport::new("x", "x");
         calm.line_transfers = vec![probe(2, 22.0, Some(1.0)), probe(2, 40.0, Some(1.0))];
         calm.note_line_transfers();
