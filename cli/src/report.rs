@@ -199,8 +199,9 @@ impl WorkloadReport {
     }
 
     /// Notes the range of the [`line_transfers`](Self::line_transfers)
-    /// probes, per thread count, and how many were slow (over twice the
-    /// fastest of the run).
+    /// probes per thread count, how many were slow (over twice the fastest
+    /// of this workload: a workload slow throughout shows none as slow),
+    /// and ours' median ratio to the best peer in fast and slow rounds.
     pub fn note_line_transfers(&mut self) {
         let all = &self.line_transfers;
         let Some(fastest) = all.iter().map(|p| p.ns).reduce(f64::min) else {

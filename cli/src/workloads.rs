@@ -295,14 +295,29 @@ where
 {
     let samples: Vec<Sample> = (0..plan.reps)
         .map(|rep| {
-            let s = if threads == 1 { "" } else { "s" };
-            progress.start(format!("{what}, {threads} thread{s} ({}/{})", rep + 1, plan.reps));
-            let sample = harness::run(threads, plan.slice, batch, make);
-            progress.step(plan.slice_ms());
-            sample
+            repetition(plan, progress, what, threads, rep, || {
+                harness::run(threads, plan.slice, batch, make)
+            })
         })
         .collect();
     Stats::of(&samples)
+}
+
+/// Runs repetition `rep` of `what` at `threads` threads, with the
+/// progress bar told.
+fn repetition(
+    plan: &Plan,
+    progress: &Progress,
+    what: &str,
+    threads: usize,
+    rep: usize,
+    run: impl FnOnce() -> Sample,
+) -> Sample {
+    let s = if threads == 1 { "" } else { "s" };
+    progress.start(format!("{what}, {threads} thread{s} ({}/{})", rep + 1, plan.reps));
+    let sample = run();
+    progress.step(plan.slice_ms());
+    sample
 }
 
 fn skip_all(
@@ -410,21 +425,21 @@ fn rwlock_mix(
     let std_lock = CachePadded::new(StdRwLock::<u64>::new(0));
     let parking_lot = CachePadded::new(ParkingLotRwLock::<u64>::new(0));
     let sharded = CachePadded::new(ShardedRwLock::<u64>::new(0));
-    let counters = match (OursCounter::new(), OursCounter::new()) {
+    // The limit row only where there are no writes.
+    let counters = write_every.is_none().then(|| match (OursCounter::new(), OursCounter::new()) {
         (Ok(a), Ok(b)) => Ok((CachePadded::new(a), CachePadded::new(b))),
         (Err(why), _) | (_, Err(why)) => Err(why),
-    };
+    });
     let mut contenders = vec![rwlock_contender(&ours_lock, plan.slice, write_every)];
-    if write_every.is_none() {
-        match &counters {
-            Ok(counters) => contenders.push(two_adds_contender(counters, plan.slice)),
-            Err(why) => {
-                for &t in &plan.rwlock_threads {
-                    w.skip(TWO_ADDS, Role::Limit, t, why);
-                }
-                progress.step(plan.rwlock_cells(1));
+    match &counters {
+        Some(Ok(counters)) => contenders.push(two_adds_contender(counters, plan.slice)),
+        Some(Err(why)) => {
+            for &t in &plan.rwlock_threads {
+                w.skip(TWO_ADDS, Role::Limit, t, why);
             }
+            progress.step(plan.rwlock_cells(1));
         }
+        None => {}
     }
     contenders.push(rwlock_contender(&std_lock, plan.slice, write_every));
     contenders.push(rwlock_contender(&parking_lot, plan.slice, write_every));
@@ -476,16 +491,13 @@ fn measure_in_turns(
             let mut ours = None;
             let mut best_peer = None::<f64>;
             for (c, out) in contenders.iter().zip(&mut samples) {
-                let s = if t == 1 { "" } else { "s" };
-                progress.start(format!("{}, {t} thread{s} ({}/{})", c.name, rep + 1, plan.reps));
-                let sample = (c.sample)(t);
+                let sample = repetition(plan, progress, c.name, t, rep, || (c.sample)(t));
                 match c.role {
                     Role::Ours => ours = Some(sample.mops()),
                     Role::Peer => best_peer = Some(best_peer.unwrap_or(0.0).max(sample.mops())),
                     Role::Limit => {}
                 }
                 out.push(sample);
-                progress.step(plan.slice_ms());
             }
             if let Some(ns) = probe {
                 let ours_vs_best_peer = ours.zip(best_peer).map(|(o, p)| o / p.max(1e-9));

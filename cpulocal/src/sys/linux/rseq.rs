@@ -116,11 +116,6 @@ unsafe impl Sync for NoArea {}
 
 static NO_AREA: NoArea = NoArea(UnsafeCell::new(Area::UNREGISTERED));
 
-/// Points the calling thread's [`percpu_add_fast`] at its registered area
-/// if `applies` (the caller knows that every CPU id the kernel can report
-/// has a slot, and that regions are [`SEQ_SHIFT`] in size), else at an
-/// area of its own that is never registered, so that the fast path always
-/// hands over to the slow one.
 /// Whether the calling thread's slow path already pointed
 /// [`percpu_add_fast`] at an area ([`arm_fast_path`]): then there is
 /// nothing left to decide.
@@ -129,6 +124,11 @@ pub(crate) fn fast_path_decided() -> bool {
     SEQ_AREA.try_with(Cell::get).map_or(true, |a| a != NO_AREA.0.get())
 }
 
+/// Points the calling thread's [`percpu_add_fast`] at its registered area
+/// if `applies` (the caller knows that every CPU id the kernel can report
+/// has a slot, and that regions are [`SEQ_SHIFT`] in size), else at an
+/// area of its own that is never registered, so that the fast path always
+/// hands over to the slow one.
 #[cold]
 pub(crate) fn arm_fast_path(applies: bool) {
     let area = match current_area() {
