@@ -293,49 +293,75 @@ mod stress {
         assert_eq!((pair.a, pair.b), (total, total));
     }
 
+    /// Runs `readers` threads that call `read(thread, iteration)` over and
+    /// over, lets them get going, then runs `write` on a thread of its own
+    /// (it must then overlap them) and returns what it returns; the readers
+    /// stop when it is done, or after `limit`, which fails the test as a
+    /// starved writer.
+    fn write_among_readers<R: Send + 'static>(
+        readers: usize,
+        read: impl Fn(usize, usize) + Send + Sync + 'static,
+        write: impl FnOnce() -> R + Send + 'static,
+        limit: Duration,
+    ) -> R {
+        let read = Arc::new(read);
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..readers)
+            .map(|t| {
+                let (read, stop) = (read.clone(), stop.clone());
+                thread::spawn(move || {
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        read(t, i);
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(20));
+        let (done_tx, done_rx) = mpsc::channel();
+        thread::spawn(move || {
+            let _ = done_tx.send(write());
+        });
+        let outcome = done_rx.recv_timeout(limit);
+        stop.store(true, Ordering::Relaxed);
+        let outcome =
+            outcome.unwrap_or_else(|_| panic!("the writer starved: no progress in {limit:?}"));
+        for r in readers {
+            r.join().unwrap();
+        }
+        outcome
+    }
+
     /// A writer must get in while readers keep arriving: they back off and
     /// wait once it has announced itself.
     #[test]
     fn writer_not_starved_by_reader_stream() {
         let cpus = cpu::allowed().expect("sched_getaffinity");
         let lock = Arc::new(RwLock::new(Pair { a: 0, b: 0 }));
-        let stop = Arc::new(AtomicBool::new(false));
-        let readers: Vec<_> = (0..3)
-            .map(|t| {
-                let (lock, stop, cpus) = (lock.clone(), stop.clone(), cpus.clone());
-                thread::spawn(move || {
-                    let mut i = 0;
-                    while !stop.load(Ordering::Relaxed) {
-                        if i % 256 == 0 {
-                            common::hop(&cpus, t + i / 256);
-                        }
-                        let g = lock.read();
-                        check(&g, "reader");
-                        pause(64);
-                        drop(g);
-                        i += 1;
-                    }
-                })
-            })
-            .collect();
-        // Let the readers get going: a writer must then overlap them.
-        thread::sleep(Duration::from_millis(20));
-        let writes = common::scaled(200) as u64;
-        let (done_tx, done_rx) = mpsc::channel();
+        let reader_lock = lock.clone();
         let writer_lock = lock.clone();
-        thread::spawn(move || {
-            let start = Instant::now();
-            for _ in 0..writes {
-                bump(&mut writer_lock.write(), "writer");
-            }
-            let _ = done_tx.send(start.elapsed());
-        });
-        let outcome = done_rx.recv_timeout(Duration::from_secs(20));
-        stop.store(true, Ordering::Relaxed);
-        let took = outcome.expect("the writer starved: no progress in 20 s");
-        for r in readers {
-            r.join().unwrap();
-        }
+        let writes = common::scaled(200) as u64;
+        let took = write_among_readers(
+            3,
+            move |t, i| {
+                if i % 256 == 0 {
+                    common::hop(&cpus, t + i / 256);
+                }
+                let g = reader_lock.read();
+                check(&g, "reader");
+                pause(64);
+                drop(g);
+            },
+            move || {
+                let start = Instant::now();
+                for _ in 0..writes {
+                    bump(&mut writer_lock.write(), "writer");
+                }
+                start.elapsed()
+            },
+            Duration::from_secs(20),
+        );
         assert_eq!(lock.read().a, writes, "{writes} writes in {took:?}");
     }
 
@@ -351,40 +377,29 @@ mod stress {
         // SAFETY: sysconf has no preconditions.
         let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
         let lock = Arc::new(RwLock::new(Pair { a: 0, b: 0 }));
-        let stop = Arc::new(AtomicBool::new(false));
-        let readers: Vec<_> = (0..4 * cpus)
-            .map(|_| {
-                let (lock, stop) = (lock.clone(), stop.clone());
-                thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        check(&lock.read(), "reader");
-                    }
-                })
-            })
-            .collect();
-        thread::sleep(Duration::from_millis(20));
-        let writes = common::scaled(300) as u64;
-        let (done_tx, done_rx) = mpsc::channel();
+        let reader_lock = lock.clone();
         let writer_lock = lock.clone();
-        thread::spawn(move || {
-            // At least `writes`, and on until the lock has seen crowding or
-            // 10 s have passed.
-            let start = Instant::now();
-            let (mut done, mut slept) = (0, false);
-            while done < writes || !slept && start.elapsed() < Duration::from_secs(10) {
-                bump(&mut writer_lock.write(), "writer");
-                done += 1;
-                slept |= format!("{writer_lock:?}").contains(r#"writers_wait: "sleep""#);
-                thread::sleep(Duration::from_micros(100));
-            }
-            let _ = done_tx.send((done, slept));
-        });
-        let outcome = done_rx.recv_timeout(Duration::from_secs(60));
-        stop.store(true, Ordering::Relaxed);
-        let (done, slept) = outcome.expect("the writer starved: no progress in 60 s");
-        for r in readers {
-            r.join().unwrap();
-        }
+        let writes = common::scaled(300) as u64;
+        let (done, slept) = write_among_readers(
+            4 * cpus,
+            move |_, _| {
+                check(&reader_lock.read(), "reader");
+            },
+            move || {
+                // At least `writes`, and on until the lock has seen crowding
+                // or 10 s have passed.
+                let start = Instant::now();
+                let (mut done, mut slept) = (0, false);
+                while done < writes || !slept && start.elapsed() < Duration::from_secs(10) {
+                    bump(&mut writer_lock.write(), "writer");
+                    done += 1;
+                    slept |= format!("{writer_lock:?}").contains(r#"writers_wait: "sleep""#);
+                    thread::sleep(Duration::from_micros(100));
+                }
+                (done, slept)
+            },
+            Duration::from_secs(60),
+        );
         assert_eq!(lock.read().a, done);
         if std::fs::read_to_string("/proc/loadavg").is_ok() {
             assert!(slept, "{} readers on {cpus} CPUs never counted as crowded", 4 * cpus);
