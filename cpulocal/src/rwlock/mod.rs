@@ -70,6 +70,28 @@ fn decide_membarrier() -> bool {
     yes
 }
 
+/// The readers' mode pinned by `CPULOCAL_RWLOCK_MODE`: `central` or
+/// `per-cpu`; otherwise writers choose by measuring (0 before decided).
+static PINNED_MODE: AtomicU8 = AtomicU8::new(0);
+const MEASURED: u8 = 1;
+const PER_CPU: u8 = 2;
+const CENTRAL: u8 = 3;
+
+#[cold]
+fn decide_pinned_mode() -> u8 {
+    let mode = match std::env::var("CPULOCAL_RWLOCK_MODE").as_deref().map(str::trim) {
+        Err(_) | Ok("") => MEASURED,
+        Ok("central") => CENTRAL,
+        Ok("per-cpu" | "percpu") => PER_CPU,
+        Ok(other) => {
+            eprintln!("cpulocal: ignoring unknown CPULOCAL_RWLOCK_MODE {other:?}");
+            MEASURED
+        }
+    };
+    PINNED_MODE.store(mode, Ordering::Relaxed);
+    mode
+}
+
 /// The per-CPU counts and the platform's fences, clock and futex.
 struct Cpus {
     /// Per slot: the lock count at [`LOCKS`], the unlock count at
@@ -247,6 +269,18 @@ impl Env for Cpus {
         sys::runnable_threads().is_some_and(|(runnable, cpus)| runnable > 2 * cpus)
     }
 
+    fn pinned_mode(&self) -> Option<bool> {
+        let mode = match PINNED_MODE.load(Ordering::Relaxed) {
+            0 => decide_pinned_mode(),
+            mode => mode,
+        };
+        match mode {
+            PER_CPU => Some(false),
+            CENTRAL => Some(true),
+            _ => None,
+        }
+    }
+
     fn now(&self) -> u64 {
         static EPOCH: OnceLock<Instant> = OnceLock::new();
         let nanos = EPOCH.get_or_init(Instant::now).elapsed().as_nanos();
@@ -309,6 +343,14 @@ impl Env for Cpus {
 ///   writes have stopped for 20 ms (or nine times what the barrier cost, if
 ///   more), readers drop the fence again. Where `membarrier` is
 ///   unavailable, readers always fence.
+/// - When writes are so frequent that walking every CPU's counts costs more
+///   than sharing one count (many writes, and cache lines that pass slowly
+///   between CPUs), readers also count in the lock word, as a central
+///   lock's do, and a write waits for that count alone. Writers choose by
+///   measuring: every millisecond or so they compare the lock's throughput
+///   with a trial of the other mode, and keep the faster. Writes that thin
+///   out to under one operation in 1,024 bring the per-CPU counts back.
+///   `CPULOCAL_RWLOCK_MODE=central` or `per-cpu` pins the mode.
 /// - Waiting is bounded before it sleeps: readers and writers spin, then
 ///   yield, then sleep on a futex. A writer never waits for a descheduled
 ///   reader for fairness' sake; readers that met a writer get a bounded
@@ -613,8 +655,9 @@ impl<T> From<T> for RwLock<T> {
 impl<T: ?Sized + fmt::Debug> fmt::Debug for RwLock<T> {
     /// Shows the data if a read lock can be had at once, as std's does,
     /// what readers do now: `"no fence"` (writes are rare: writers interrupt
-    /// them), `"fence"` (writes were recent) or `"always fence"` (no
-    /// process-wide barrier here), and how a writer waiting for readers
+    /// them), `"fence"` (writes were recent), `"always fence"` (no
+    /// process-wide barrier here) or `"central"` (writes are frequent and
+    /// readers count in the lock word), and how a writer waiting for readers
     /// lets them run: `"yield"`, or `"sleep"` (more threads want the CPUs
     /// than there are, and a yield would cost the writer its turn).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

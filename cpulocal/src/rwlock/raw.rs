@@ -25,8 +25,14 @@
 //!                 upgradable reader, or briefly by a reader that changes
 //!                 the mode).
 //!         WWAITERS: writers sleep on `wseq` waiting for WLOCKED to clear.
+//!         CENTRAL: readers also count themselves in the bits from 8 up
+//!                 (READER), and writers wait for that count alone. Set
+//!                 (with FENCED) and cleared by a writer holding the write
+//!                 lock, or cleared by a reader holding WLOCKED while the
+//!                 count is zero.
 //!         WRITER is written only under WLOCKED (and SLEEPERS by readers
-//!         while WRITER is set); FENCED and NO_BARRIER only under WLOCKED.
+//!         while WRITER is set); FENCED, NO_BARRIER and CENTRAL only under
+//!         WLOCKED.
 //!         One word, so that an uncontended write takes the mutex and
 //!         blocks readers in one read-modify-write and releases both in
 //!         another.
@@ -39,8 +45,11 @@
 //! heavy_cost    what the last heavy barrier cost, in nanoseconds.
 //! crowded_until until when writers waiting for readers sleep rather than
 //!               yield (the CPUs were found crowded).
-//! writes        writes on the fenced path; a reader that sees it change
-//!               restarts the fenced window (writers read no clock).
+//! writes        writes on the fenced or central path; a reader that sees
+//!               it change restarts the quiet window (writers read no
+//!               clock on every write).
+//! adapt         the throughput writers measured, to choose between the
+//!               per-CPU and the central mode.
 //! per slot: locks (read_lock attempts), unlocks (read_unlock and back-offs),
 //!         both monotonic, wrapping.
 //! ```
@@ -69,6 +78,14 @@ const NO_BARRIER: u32 = 8;
 const WLOCKED: u32 = 16;
 /// `state`: writers sleep on `wseq`, waiting for the mutex.
 const WWAITERS: u32 = 32;
+/// `state`: readers count themselves in the bits from [`READER`] up (as
+/// well as per CPU), and writers wait for that count alone. Set only with
+/// FENCED.
+const CENTRAL: u32 = 64;
+/// `state`: one reader inside, in the central mode.
+const READER: u32 = 1 << 8;
+/// `state`: the central mode's reader count.
+const READERS: u32 = !(READER - 1);
 
 /// How long readers stay fenced after a write, in units of the last heavy
 /// barrier's cost (BRAVO's inhibition factor): the heavy barriers then take
@@ -92,6 +109,35 @@ const CROWDED_NS: u64 = 50_000_000;
 /// writer.
 const PARKED_ROUNDS: u32 = 4;
 
+/// How long one measuring epoch of the mode choice lasts, at least (1 ms):
+/// long enough for tens of thousands of operations, short enough that a
+/// trial of the worse mode costs little (see [`RawRwLock::adapt`]).
+const EPOCH_NS: u64 = 1_000_000;
+/// Writes that do not look at the clock between two that do, plus one.
+const EPOCH_WRITES: u64 = 256;
+/// An epoch stretched past this many [`EPOCH_NS`] means writes are sparse:
+/// the per-CPU mode is the right one, and no trial is made.
+const SPARSE_EPOCHS: u64 = 4;
+/// A trial of the other mode is made only while writes are at least one
+/// operation in this many: below, a write's cost hardly shows.
+const DENSE_WRITES: u64 = 1024;
+/// A trial mode is kept only if it did better by one part in this many.
+const TRIAL_MARGIN: u64 = 16;
+/// The most epochs between two trials: after each lost trial the wait
+/// doubles up to this, so a trial of the worse mode takes at most about
+/// 1/65 of the time.
+const MAX_TRIAL_WAIT: u32 = 64;
+
+/// How many times a reader in the central mode tries again (backing off
+/// 1, 2, 4 ... 64 spin-loop hints in between, some 15 us in all here)
+/// before it waits for a writer as in the per-CPU mode.
+const CENTRAL_ROUNDS: u32 = 16;
+
+/// How many times a writer in the central mode looks for a moment with no
+/// reader inside (backing off 1, 2, 4 ... 64 spin-loop hints in between,
+/// some 7 us in all here) before it blocks readers and waits for them.
+const CENTRAL_WRITE_TRIES: u32 = 10;
+
 /// What the protocol needs from its surroundings.
 pub(crate) trait Env {
     /// Rounds of spinning (each a few more spin-loop hints, up to 64)
@@ -99,6 +145,24 @@ pub(crate) trait Env {
     const SPINS: u32;
     /// Rounds of yielding before a waiter sleeps.
     const YIELDS: u32;
+    /// Whether every write switches readers between the per-CPU and the
+    /// central mode (the loom model, so that it explores the switches as
+    /// often as it can); otherwise writers switch as measured throughput
+    /// says.
+    fn switch_every_write(&self) -> bool {
+        false
+    }
+    /// The readers' mode if the process pinned one (`Some(true)`: central,
+    /// `Some(false)`: per CPU); `None` lets writers choose by measuring.
+    fn pinned_mode(&self) -> Option<bool> {
+        None
+    }
+    /// Whether a reader that finds the central mode after its fence takes
+    /// the central count (always, in the library; the loom model leaves it
+    /// out to show that it is needed).
+    fn counts_centrally(&self) -> bool {
+        true
+    }
     /// Adds one to the lock count of the slot the caller is on. Needs no
     /// ordering of its own.
     fn count_lock(&self);
@@ -169,10 +233,33 @@ struct Cold {
     crowded_until: AtomicU64,
     /// 1 if the last write that asked found the CPUs crowded.
     crowded_votes: AtomicU32,
-    /// Writes on the fenced path (written under WLOCKED), and the count a
-    /// reader last saw when it looked at the clock.
+    /// Writes on the fenced or central path (written under WLOCKED; not on
+    /// the lock word's line: with half the operations writes, a store
+    /// there cost 8-thread mixes a quarter), and the count a reader last
+    /// saw when it looked at the clock. A reader that sees the count change
+    /// restarts the quiet window; [`RawRwLock::adapt`] counts writes by it.
     writes: AtomicU64,
     writes_seen: AtomicU64,
+    /// The choice between the per-CPU and the central mode.
+    adapt: Adapt,
+}
+
+/// What writers measured to choose between the per-CPU and the central
+/// mode. Read and written only under the write lock.
+struct Adapt {
+    /// When the current epoch started and ends (clock time), and the
+    /// operations (lock counts plus writes) and writes at its start.
+    start: AtomicU64,
+    end: AtomicU64,
+    ops: AtomicU64,
+    writes: AtomicU64,
+    /// 1 while the current epoch is a trial of the other mode.
+    trial: AtomicU32,
+    /// Throughput (operations per second) of the epoch before the trial.
+    settled_rate: AtomicU64,
+    /// Epochs to go before the next trial, and the wait after a lost one.
+    countdown: AtomicU32,
+    wait: AtomicU32,
 }
 
 /// How a writer blocked readers.
@@ -182,6 +269,8 @@ enum Blocked {
     Heavy,
     /// Readers fence: a fence of our own.
     Fenced,
+    /// Readers count in `state`: the read-modify-write that set WRITER.
+    Central,
 }
 
 /// A lock whose `state` starts at `$state`, every other word at zero (a
@@ -201,6 +290,16 @@ macro_rules! new_raw {
                 crowded_votes: AtomicU32::new(0),
                 writes: AtomicU64::new(0),
                 writes_seen: AtomicU64::new(0),
+                adapt: Adapt {
+                    start: AtomicU64::new(0),
+                    end: AtomicU64::new(0),
+                    ops: AtomicU64::new(0),
+                    writes: AtomicU64::new(0),
+                    trial: AtomicU32::new(0),
+                    settled_rate: AtomicU64::new(0),
+                    countdown: AtomicU32::new(0),
+                    wait: AtomicU32::new(1),
+                },
             },
         }
     };
@@ -232,11 +331,14 @@ impl<E: Env> RawRwLock<E> {
     }
 
     /// What readers do now: `"fence"` (writes were recent), `"no fence"`
-    /// (they rely on writers' heavy barriers) or `"always fence"` (the
-    /// process has no heavy barrier).
+    /// (they rely on writers' heavy barriers), `"always fence"` (the
+    /// process has no heavy barrier) or `"central"` (writes are frequent
+    /// and cost more than a shared count: readers count in `state`).
     pub(crate) fn reader_mode(&self) -> &'static str {
         let s = self.hot.state.load(Relaxed);
-        if s & NO_BARRIER != 0 {
+        if s & CENTRAL != 0 {
+            "central"
+        } else if s & NO_BARRIER != 0 {
             "always fence"
         } else if s & FENCED != 0 {
             "fence"
@@ -268,10 +370,10 @@ impl<E: Env> RawRwLock<E> {
         }
     }
 
-    /// The lock is FENCED, or a writer is around.
+    /// The lock is FENCED (or CENTRAL), or a writer is around.
     #[inline(never)]
     fn read_lock_slow(&self, s: u32) {
-        if s & WRITER == 0 && self.enter_fenced() {
+        if s & WRITER == 0 && self.enter(s, true) {
             return;
         }
         self.back_off();
@@ -282,7 +384,8 @@ impl<E: Env> RawRwLock<E> {
             self.wait_for_writer();
             env.count_lock();
             env.full_fence();
-            if self.hot.state.load(Acquire) & WRITER == 0 {
+            let s = self.hot.state.load(Acquire);
+            if s & WRITER == 0 && (s & CENTRAL == 0 || self.enter_central(s, true)) {
                 break;
             }
             self.back_off();
@@ -290,15 +393,32 @@ impl<E: Env> RawRwLock<E> {
         self.cold.parked.fetch_sub(1, Release);
     }
 
+    /// A reader whose lock is counted found `state` at `s`: not zero, no
+    /// writer. Returns whether it is in; if not (a writer came first), its
+    /// count still stands and it must back off. `patient`: in the central
+    /// mode, wait a while for a writer (not for a `try_read`).
+    #[inline]
+    fn enter(&self, s: u32, patient: bool) -> bool {
+        if s & CENTRAL != 0 {
+            self.enter_central(s, patient)
+        } else {
+            self.enter_fenced()
+        }
+    }
+
     /// A reader whose lock is counted found FENCED (and no writer): fences
-    /// and looks again. Returns whether it is in; if not (a writer came
-    /// first), its count still stands and it must back off.
+    /// and looks again. Returns as [`enter`](Self::enter).
     #[inline]
     fn enter_fenced(&self) -> bool {
         let env = &self.hot.env;
         env.fenced_reader_fence();
         let s = self.hot.state.load(Acquire);
-        if s & WRITER != 0 {
+        // A writer, or one that switched readers to the central mode since
+        // our first look (its successors wait for the central count alone):
+        // back off and come in again. (A call to `enter_central` here,
+        // which calls this, made every fenced read slower.)
+        let not_in = if env.counts_centrally() { WRITER | CENTRAL } else { WRITER };
+        if s & not_in != 0 {
             return false;
         }
         if s & NO_BARRIER == 0 && env.clock_due() {
@@ -307,39 +427,118 @@ impl<E: Env> RawRwLock<E> {
         true
     }
 
+    /// A reader whose lock is counted per CPU found CENTRAL in `state` (at
+    /// `s`): adds itself to the central count unless a writer is around.
+    /// Writers in this mode wait for the central count only, and the
+    /// read-modify-write orders the reader with them (a writer's setting
+    /// of WRITER fails this compare-and-swap, or sees its count). Returns as
+    /// [`enter`](Self::enter).
+    ///
+    /// # Panics
+    /// With 2^24 - 1 read locks held at once.
+    #[inline(never)]
+    fn enter_central(&self, mut s: u32, patient: bool) -> bool {
+        let env = &self.hot.env;
+        let state = &self.hot.state;
+        if env.clock_due() {
+            self.maybe_leave_central();
+            s = state.load(Acquire);
+        }
+        // Where waiters do not spin (the loom model), neither do we.
+        let patience = if patient && E::SPINS > 0 { CENTRAL_ROUNDS } else { 0 };
+        let mut round = 0;
+        loop {
+            // A writer in the central mode does not wait for our per-CPU
+            // count: wait for it a while without backing off, as a reader
+            // of a central lock does.
+            if s & WRITER != 0 && (s & CENTRAL == 0 || round >= patience) {
+                return false;
+            }
+            if s & CENTRAL == 0 {
+                // Readers left the central mode: enter as a fenced reader.
+                return self.enter_fenced();
+            }
+            if s & (WRITER | READERS) == READERS {
+                env.count_unlock();
+                panic!("cpulocal::RwLock: too many read locks held at once");
+            }
+            if s & WRITER == 0
+                && state.compare_exchange_weak(s, s + READER, Acquire, Relaxed).is_ok()
+            {
+                return true;
+            }
+            // A writer, or a lost race: back off, so that the line stays a
+            // while with whoever has it.
+            for _ in 0..1u32 << round.min(6) {
+                hint::spin_loop();
+            }
+            round += 1;
+            s = state.load(Acquire);
+        }
+    }
+
+    /// Readers in the central mode look at the clock now and then: once
+    /// no write came for the window, the mode goes back to per-CPU counts
+    /// (fenced, and from there unfenced as [`maybe_relax`](Self::maybe_relax)
+    /// says), at a moment when no reader is inside.
+    #[cold]
+    fn maybe_leave_central(&self) {
+        if self.hot.env.pinned_mode() == Some(true) || !self.lock_writers_when_quiet() {
+            return;
+        }
+        let state = &self.hot.state;
+        // Under the writers' mutex, with no reader counted centrally: those
+        // about to count see the change (their compare-and-swap fails).
+        let s = state.load(Relaxed);
+        if s & (READERS | CENTRAL | WRITER) == CENTRAL {
+            let _ = state.compare_exchange(s, s & !CENTRAL, SeqCst, Relaxed);
+        }
+        self.unlock_writers();
+    }
+
+    /// Takes the writers' mutex (with a try-lock) if no write came for the
+    /// window that writes start, so that the caller may change the mode:
+    /// the first reader to look at the clock after a write starts the
+    /// window (writers do not read the clock), and it lasts [`INHIBIT`]
+    /// times the last heavy barrier's cost, at least [`MIN_FENCED_NS`].
+    /// Returns whether it took the mutex.
+    fn lock_writers_when_quiet(&self) -> bool {
+        let env = &self.hot.env;
+        let cold = &self.cold;
+        let now = env.now();
+        let window = (INHIBIT * cold.heavy_cost.load(Relaxed)).max(MIN_FENCED_NS);
+        let writes = self.cold.writes.load(Relaxed);
+        if writes != cold.writes_seen.load(Relaxed) {
+            cold.writes_seen.store(writes, Relaxed);
+            cold.fenced_until.store(now.saturating_add(window), Relaxed);
+            return false;
+        }
+        if now < cold.fenced_until.load(Relaxed) || !self.try_lock_writers() {
+            return false;
+        }
+        // The mode bits change only under the writers' mutex, where writers
+        // decide how to keep readers out; a write may have come meanwhile.
+        if self.cold.writes.load(Relaxed) == writes && now >= cold.fenced_until.load(Relaxed) {
+            return true;
+        }
+        self.unlock_writers();
+        false
+    }
+
     /// Readers on the fenced path look at the clock now and then: once no
     /// write came for the window, FENCED is cleared (readers rely on
     /// writers' heavy barriers again), or NO_BARRIER is set for good if the
     /// process has no heavy barrier.
     #[cold]
     fn maybe_relax(&self) {
-        let env = &self.hot.env;
-        let cold = &self.cold;
-        let now = env.now();
-        let window = (INHIBIT * cold.heavy_cost.load(Relaxed)).max(MIN_FENCED_NS);
-        // Writers do not read the clock on the fenced path: the first reader
-        // to look after a write starts the window from there.
-        let writes = cold.writes.load(Relaxed);
-        if writes != cold.writes_seen.load(Relaxed) {
-            cold.writes_seen.store(writes, Relaxed);
-            cold.fenced_until.store(now.saturating_add(window), Relaxed);
-            return;
-        }
-        if now < cold.fenced_until.load(Relaxed) {
-            return;
-        }
-        // The mode bits change only under the writers' mutex, where writers
-        // decide how to keep readers out.
-        if !self.try_lock_writers() {
+        if !self.lock_writers_when_quiet() {
             return;
         }
         let state = &self.hot.state;
-        if cold.writes.load(Relaxed) == writes && now >= cold.fenced_until.load(Relaxed) {
-            if !env.has_heavy_barrier() {
-                state.fetch_or(NO_BARRIER, SeqCst);
-            } else if state.load(Relaxed) & NO_BARRIER == 0 {
-                state.fetch_and(!FENCED, SeqCst);
-            }
+        if !self.hot.env.has_heavy_barrier() {
+            state.fetch_or(NO_BARRIER, SeqCst);
+        } else if state.load(Relaxed) & (NO_BARRIER | CENTRAL) == 0 {
+            state.fetch_and(!FENCED, SeqCst);
         }
         self.unlock_writers();
     }
@@ -356,7 +555,7 @@ impl<E: Env> RawRwLock<E> {
         env.count_lock();
         env.light_fence();
         let s = self.hot.state.load(Acquire);
-        if s == 0 || (s & WRITER == 0 && self.enter_fenced()) {
+        if s == 0 || (s & WRITER == 0 && self.enter(s, false)) {
             return true;
         }
         self.back_off();
@@ -370,11 +569,31 @@ impl<E: Env> RawRwLock<E> {
     #[inline]
     pub(crate) unsafe fn read_unlock(&self) {
         let env = &self.hot.env;
+        let state = &self.hot.state;
+        // Which way we came in, read before our unlock count: the mode
+        // cannot leave CENTRAL while we are counted there, nor become
+        // CENTRAL while our per-CPU lock is not counted out. (Once it is, a
+        // writer may switch to CENTRAL before our next look.)
+        if state.load(Relaxed) & CENTRAL != 0 {
+            self.read_unlock_central();
+            return;
+        }
         env.count_unlock();
         env.light_fence();
-        let s = self.hot.state.load(Relaxed);
+        let s = state.load(Relaxed);
         if s & (WRITER | NO_BARRIER) != 0 {
             self.read_unlock_slow(s);
+        }
+    }
+
+    /// Counts out a reader of the central mode: per CPU (first, so that the
+    /// per-CPU counts balance before the mode can leave CENTRAL), then
+    /// centrally, waking the writer waiting for the count.
+    #[inline(never)]
+    fn read_unlock_central(&self) {
+        self.hot.env.count_unlock();
+        if self.hot.state.fetch_sub(READER, Release) & WRITER != 0 {
+            self.wake_writer();
         }
     }
 
@@ -446,7 +665,7 @@ impl<E: Env> RawRwLock<E> {
     pub(crate) fn write_lock(&self) {
         match self.lock_and_block_fast() {
             // The uncontended write: no reader inside, nothing to wait for.
-            Some(_) if self.drained().0 => {}
+            Some(how) if self.readers_out(how) => {}
             Some(how) => self.wait_for_readers(how),
             None => self.write_lock_slow(),
         }
@@ -456,8 +675,41 @@ impl<E: Env> RawRwLock<E> {
     /// readers do not fence, or readers met the previous writer.
     #[inline(never)]
     fn write_lock_slow(&self) {
+        if self.hot.state.load(Relaxed) & CENTRAL != 0 && self.lock_when_empty() {
+            return;
+        }
         self.lock_writers();
         self.block_and_wait();
+    }
+
+    /// In the central mode: tries a few times, backing off in between, to
+    /// take the write lock at a moment when no reader is inside and nobody
+    /// holds the writers' mutex, as a writer of a central lock does. Readers
+    /// keep the line meanwhile and run on; blocking them at once would stop
+    /// them all for as long as the readers inside take to leave, each
+    /// leaving with a hand-off of the line. Returns whether it took the
+    /// lock; if not, the caller queues for the mutex and blocks readers.
+    fn lock_when_empty(&self) -> bool {
+        let state = &self.hot.state;
+        // Where waiters do not spin (the loom model), neither do we.
+        let tries = if E::SPINS > 0 { CENTRAL_WRITE_TRIES } else { 0 };
+        for round in 0..tries {
+            let s = state.load(Relaxed);
+            if s & CENTRAL == 0 {
+                return false;
+            }
+            if s & (READERS | WLOCKED | WRITER) == 0 {
+                let set = WLOCKED | self.fenced_write_bits(s);
+                if state.compare_exchange(s, s | set, Acquire, Relaxed).is_ok() {
+                    self.note_write();
+                    return true;
+                }
+            }
+            for _ in 0..1u32 << round.min(6) {
+                hint::spin_loop();
+            }
+        }
+        false
     }
 
     /// With the writers' mutex held: what a writer does once it has it.
@@ -480,24 +732,40 @@ impl<E: Env> RawRwLock<E> {
         if !self.try_lock_writers() {
             return false;
         }
-        if self.block_readers().is_none() {
+        let Some(how) = self.block_readers() else {
             self.unlock_writers();
             return false;
-        }
-        if self.drained().0 {
+        };
+        if self.readers_out(how) {
             return true;
         }
         // SAFETY: we hold the writers' mutex and set WRITER.
-        unsafe { self.write_unlock() };
+        unsafe { self.release_write() };
         false
     }
 
-    /// Releases the write lock.
+    /// Releases the write lock, first choosing the readers' mode for what
+    /// follows (see [`adapt`](Self::adapt)).
     ///
     /// # Safety
     /// The caller holds the write lock.
     #[inline]
     pub(crate) unsafe fn write_unlock(&self) {
+        if self.hot.env.switch_every_write() {
+            self.switch_mode();
+        } else if self.cold.writes.load(Relaxed).is_multiple_of(EPOCH_WRITES) {
+            self.adapt();
+        }
+        // SAFETY: the caller holds the write lock.
+        unsafe { self.release_write() };
+    }
+
+    /// Releases the write lock as it is.
+    ///
+    /// # Safety
+    /// The caller holds the write lock.
+    #[inline]
+    unsafe fn release_write(&self) {
         let s = self.hot.state.fetch_and(!(WRITER | SLEEPERS | WLOCKED | WWAITERS), SeqCst);
         if s & SLEEPERS != 0 {
             self.hot.env.wake(&self.hot.state, u32::MAX);
@@ -515,9 +783,9 @@ impl<E: Env> RawRwLock<E> {
     pub(crate) unsafe fn downgrade(&self) {
         // Counted while WRITER is set: the next writer, who takes WLOCKED
         // after we release it, sees this count and waits for its unlock.
-        self.hot.env.count_lock();
+        self.count_own_read_lock();
         // SAFETY: the caller holds the write lock.
-        unsafe { self.write_unlock() };
+        unsafe { self.release_write() };
     }
 
     /// Takes an upgradable read lock: the writers' mutex and no read count.
@@ -563,11 +831,11 @@ impl<E: Env> RawRwLock<E> {
     /// # Safety
     /// The caller holds an upgradable read lock of this lock.
     pub(crate) unsafe fn try_upgrade(&self) -> bool {
-        if self.block_readers().is_none() {
+        let Some(how) = self.block_readers() else {
             // WRITER is clear again and the mutex still ours.
             return false;
-        }
-        if self.drained().0 {
+        };
+        if self.readers_out(how) {
             return true;
         }
         // SAFETY: we hold the writers' mutex and set WRITER.
@@ -583,8 +851,18 @@ impl<E: Env> RawRwLock<E> {
     pub(crate) unsafe fn downgrade_upgradable(&self) {
         // Counted under the mutex: the next writer, who takes it after we
         // release it, sees this count and waits for its unlock.
-        self.hot.env.count_lock();
+        self.count_own_read_lock();
         self.unlock_writers();
+    }
+
+    /// Counts a read lock for the caller, who holds the writers' mutex (so
+    /// the mode cannot change): per CPU, and centrally in the central mode.
+    fn count_own_read_lock(&self) {
+        self.hot.env.count_lock();
+        let state = &self.hot.state;
+        if state.load(Relaxed) & CENTRAL != 0 {
+            state.fetch_add(READER, Relaxed);
+        }
     }
 
     /// Turns the write lock into an upgradable read lock: lets readers in
@@ -603,9 +881,9 @@ impl<E: Env> RawRwLock<E> {
     /// holds it, or a reader is inside (a snapshot, stale as soon as it is
     /// taken).
     pub(crate) fn is_locked(&self) -> bool {
-        self.hot.state.load(SeqCst) & (WRITER | WLOCKED) != 0 || {
+        self.hot.state.load(SeqCst) & (WRITER | WLOCKED | READERS) != 0 || {
             self.hot.env.full_fence();
-            !self.drained().0
+            !self.drained()
         }
     }
 
@@ -624,8 +902,15 @@ impl<E: Env> RawRwLock<E> {
         let state = &self.hot.state;
         let cold = &self.cold;
         let s = state.load(Relaxed);
+        if s & CENTRAL != 0 {
+            // Readers count in `state`: setting WRITER there orders us with
+            // every reader's compare-and-swap.
+            self.note_write();
+            state.fetch_or(self.fenced_write_bits(s), SeqCst);
+            return Some(Blocked::Central);
+        }
         if s & FENCED != 0 {
-            self.note_fenced_write();
+            self.note_write();
             state.fetch_or(self.fenced_write_bits(s), SeqCst);
             // Every reader fences after its count: a fence here pairs with it.
             env.fence_after_rmw();
@@ -653,28 +938,42 @@ impl<E: Env> RawRwLock<E> {
 
     /// Whether every read lock counted on the per-CPU counts so far has
     /// been counted out: the sum of the unlock counts, read first, equals
-    /// the sum of the lock counts. Also returns the lock counts' sum.
+    /// the sum of the lock counts.
     #[inline]
-    fn drained(&self) -> (bool, u64) {
+    fn drained(&self) -> bool {
         let env = &self.hot.env;
         let unlocks = env.unlocks();
         // Every unlock summed above happened after its lock, and the acquire
         // loads make that lock visible to the loads below.
-        let locks = env.locks();
-        (locks == unlocks, locks)
+        env.locks() == unlocks
     }
 
-    /// Waits until [`drained`](Self::drained): spins, yields, then sleeps
-    /// on `gate`, woken by the unlock of any reader that sees WRITER.
+    /// Whether the readers a writer that blocked them `how` waits for have
+    /// left: the per-CPU counts are [`drained`](Self::drained), or, in the
+    /// central mode, the central count is zero (its acquire load pairs with
+    /// the readers' release as they count out).
+    #[inline]
+    fn readers_out(&self, how: Blocked) -> bool {
+        if how == Blocked::Central {
+            self.hot.state.load(Acquire) & READERS == 0
+        } else {
+            self.drained()
+        }
+    }
+
+    /// Waits until [`readers_out`](Self::readers_out): spins, yields, then
+    /// sleeps on `gate`, woken by the unlock of any reader that sees WRITER.
     #[inline(never)]
     fn wait_for_readers(&self, how: Blocked) {
         let env = &self.hot.env;
         let gate = &self.cold.gate;
-        // Whether every later per-CPU unlock sees WRITER (and then `gate`).
+        // Whether every later unlock sees WRITER (and then `gate`): after a
+        // heavy barrier, or when unlocks are read-modify-writes of `state`.
         let mut heavy = how != Blocked::Fenced;
         let mut round = 0;
+        let mut gated = false;
         loop {
-            if self.drained().0 {
+            if self.readers_out(how) {
                 break;
             }
             if round < E::SPINS {
@@ -685,13 +984,14 @@ impl<E: Env> RawRwLock<E> {
             if round < E::SPINS + E::YIELDS {
                 let first = round == E::SPINS;
                 round += 1;
-                if !self.yield_to_readers(first) {
+                if !self.yield_to_readers(first, how) {
                     // Crowded CPUs: sleep from now on.
                     round = E::SPINS + E::YIELDS;
                 }
                 continue;
             }
             gate.store(1, Relaxed);
+            gated = true;
             // Readers who unlock with a light fence may neither be summed
             // nor see WRITER: a heavy barrier makes them do one or the
             // other. (NO_BARRIER locks' readers fence on unlock.)
@@ -709,7 +1009,7 @@ impl<E: Env> RawRwLock<E> {
             }
             // Pairs with the fence in `wake_writer`.
             env.full_fence();
-            if self.drained().0 {
+            if self.readers_out(how) {
                 break;
             }
             if briefly {
@@ -718,7 +1018,11 @@ impl<E: Env> RawRwLock<E> {
                 env.wait(gate, 1);
             }
         }
-        gate.store(0, Relaxed);
+        // Only a writer that set it clears it: the line stays clean (and
+        // shared with the next writer, who reads `parked` there) otherwise.
+        if gated {
+            gate.store(0, Relaxed);
+        }
     }
 
     /// A writer waiting for readers yields its CPU, so that a reader
@@ -730,12 +1034,12 @@ impl<E: Env> RawRwLock<E> {
     /// write's first yield, the one that looks at crowding. Returns false
     /// (having yielded or not) if the writer should sleep rather than
     /// yield again.
-    fn yield_to_readers(&self, first: bool) -> bool {
+    fn yield_to_readers(&self, first: bool, how: Blocked) -> bool {
         if first && self.crowded_lately() {
             return false;
         }
         thread::yield_now();
-        !(first && !self.drained().0 && self.vote_crowded())
+        !(first && !self.readers_out(how) && self.vote_crowded())
     }
 
     /// Whether writers are in a crowded window: until it ends, yes; when
@@ -802,13 +1106,19 @@ impl<E: Env> RawRwLock<E> {
         let state = &self.hot.state;
         let env = &self.hot.env;
         let s = state.load(Relaxed);
-        if s & (WLOCKED | WRITER | FENCED) != FENCED || self.cold.parked.load(Acquire) != 0 {
+        if s & (WLOCKED | WRITER | FENCED) != FENCED
+            || (s & CENTRAL != 0 && s & READERS != 0)
+            || self.cold.parked.load(Acquire) != 0
+        {
             return None;
         }
         let set = WLOCKED | self.fenced_write_bits(s);
         state.compare_exchange(s, s | set, SeqCst, Relaxed).ok()?;
+        self.note_write();
+        if s & CENTRAL != 0 {
+            return Some(Blocked::Central);
+        }
         env.fence_after_rmw();
-        self.note_fenced_write();
         Some(Blocked::Fenced)
     }
 
@@ -819,11 +1129,104 @@ impl<E: Env> RawRwLock<E> {
         WRITER | if gone { NO_BARRIER } else { 0 }
     }
 
-    /// Tells readers on the fenced path that a write happened (they restart
-    /// their window when they see it change). Under the writers' mutex.
-    fn note_fenced_write(&self) {
+    /// Tells readers on the fenced or central path that a write happened
+    /// (they restart their window when they see it change), and counts it
+    /// for [`adapt`](Self::adapt). Under the writers' mutex.
+    fn note_write(&self) {
         let writes = &self.cold.writes;
         writes.store(writes.load(Relaxed).wrapping_add(1), Relaxed);
+    }
+
+    /// Under the write lock, on every [`EPOCH_WRITES`]-th write: chooses
+    /// between the per-CPU mode (readers count per CPU; a write walks every
+    /// CPU's counts and takes each reader's line from it) and the central
+    /// mode (readers count in `state` too; a write only waits for that
+    /// count, but every read then writes the shared line) by measuring
+    /// both. Which is faster depends on what cannot be known in advance:
+    /// the write fraction, the number of threads, and how long the machine
+    /// takes to hand a cache line between CPUs (on a VM this changes for
+    /// minutes at a time). So the lock measures its throughput (lock
+    /// counts plus writes per second) over an epoch of at least
+    /// [`EPOCH_NS`], then tries the other mode for an epoch, keeps it if
+    /// it did better by [`TRIAL_MARGIN`], and otherwise switches back and
+    /// waits twice as many epochs (up to [`MAX_TRIAL_WAIT`]) before the
+    /// next trial. While writes are sparse (an epoch stretched past
+    /// [`SPARSE_EPOCHS`] epochs, or fewer than one operation in
+    /// [`DENSE_WRITES`]) readers count per CPU and no trial is made.
+    #[cold]
+    fn adapt(&self) {
+        let env = &self.hot.env;
+        if let Some(pinned) = env.pinned_mode() {
+            if pinned != (self.hot.state.load(Relaxed) & CENTRAL != 0) {
+                self.switch_mode();
+            }
+            return;
+        }
+        let a = &self.cold.adapt;
+        let now = env.now();
+        let end = a.end.load(Relaxed);
+        if now < end {
+            return;
+        }
+        let writes = self.cold.writes.load(Relaxed);
+        let ops = env.locks().wrapping_add(writes);
+        let elapsed = now.saturating_sub(a.start.load(Relaxed)).max(1);
+        let done = ops.wrapping_sub(a.ops.load(Relaxed));
+        let written = writes.wrapping_sub(a.writes.load(Relaxed));
+        a.start.store(now, Relaxed);
+        a.end.store(now.saturating_add(EPOCH_NS), Relaxed);
+        a.ops.store(ops, Relaxed);
+        a.writes.store(writes, Relaxed);
+        let central = self.hot.state.load(Relaxed) & CENTRAL != 0;
+        let sparse =
+            elapsed > SPARSE_EPOCHS * EPOCH_NS || written.saturating_mul(DENSE_WRITES) < done;
+        if end == 0 || sparse {
+            // The first epoch, or writes are sparse: per-CPU counts.
+            if central {
+                self.switch_mode();
+            }
+            a.trial.store(0, Relaxed);
+            a.countdown.store(0, Relaxed);
+            a.wait.store(1, Relaxed);
+            return;
+        }
+        let rate = u64::try_from(u128::from(done) * 1_000_000_000 / u128::from(elapsed))
+            .unwrap_or(u64::MAX);
+        if a.trial.load(Relaxed) != 0 {
+            a.trial.store(0, Relaxed);
+            let settled = a.settled_rate.load(Relaxed);
+            let wait = if rate > settled.saturating_add(settled / TRIAL_MARGIN) {
+                // The trial's mode stays; the next trial soon checks back.
+                1
+            } else {
+                self.switch_mode();
+                a.wait.load(Relaxed).saturating_mul(2).min(MAX_TRIAL_WAIT)
+            };
+            a.wait.store(wait, Relaxed);
+            a.countdown.store(wait, Relaxed);
+            return;
+        }
+        let countdown = a.countdown.load(Relaxed);
+        if countdown > 0 {
+            a.countdown.store(countdown - 1, Relaxed);
+            return;
+        }
+        a.settled_rate.store(rate, Relaxed);
+        a.trial.store(1, Relaxed);
+        self.switch_mode();
+    }
+
+    /// Under the write lock (WRITER set, every reader out): moves readers
+    /// from the per-CPU mode to the central one or back. No reader is
+    /// inside, and every reader that looks at `state` from here on sees
+    /// WRITER or the new mode.
+    fn switch_mode(&self) {
+        let state = &self.hot.state;
+        if state.load(Relaxed) & CENTRAL != 0 {
+            state.fetch_and(!CENTRAL, SeqCst);
+        } else {
+            state.fetch_or(CENTRAL | FENCED, SeqCst);
+        }
     }
 
     /// Takes the writers' mutex if it is free.
@@ -895,5 +1298,119 @@ fn pause(round: u32, spins: u32) {
         }
     } else {
         thread::yield_now();
+    }
+}
+
+/// The mode choice ([`RawRwLock::adapt`]) against a made-up machine: one
+/// slot, a clock the test moves, and reads that the test adds to the counts
+/// at the rate it says each mode runs at.
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    struct Made {
+        clock: AtomicU64,
+        locks: AtomicU64,
+        unlocks: AtomicU64,
+    }
+
+    impl Env for Made {
+        const SPINS: u32 = 0;
+        const YIELDS: u32 = 0;
+        fn count_lock(&self) {
+            self.locks.fetch_add(1, Relaxed);
+        }
+        fn count_unlock(&self) {
+            self.unlocks.fetch_add(1, Release);
+        }
+        fn locks(&self) -> u64 {
+            self.locks.load(Acquire)
+        }
+        fn unlocks(&self) -> u64 {
+            self.unlocks.load(Acquire)
+        }
+        fn light_fence(&self) {}
+        fn full_fence(&self) {
+            std::sync::atomic::fence(SeqCst);
+        }
+        fn fence_after_rmw(&self) {}
+        fn fenced_reader_fence(&self) {}
+        fn heavy_barrier(&self) -> bool {
+            true
+        }
+        fn has_heavy_barrier(&self) -> bool {
+            true
+        }
+        fn crowded(&self) -> bool {
+            false
+        }
+        fn now(&self) -> u64 {
+            self.clock.load(Relaxed)
+        }
+        fn clock_due(&self) -> bool {
+            false
+        }
+        fn wait(&self, _: &AtomicU32, _: u32) {}
+        fn wait_briefly(&self, _: &AtomicU32, _: u32) {}
+        fn wake(&self, _: &AtomicU32, _: u32) {}
+    }
+
+    fn lock() -> RawRwLock<Made> {
+        RawRwLock::new(Made {
+            clock: AtomicU64::new(1),
+            locks: AtomicU64::new(0),
+            unlocks: AtomicU64::new(0),
+        })
+    }
+
+    /// Runs `epochs` epochs of 1 ms, each of 256 writes and as many reads as
+    /// `reads(central)` says for the mode the epoch runs in. Returns how
+    /// many epochs ran in the central mode.
+    fn run(lock: &RawRwLock<Made>, epochs: u32, reads: impl Fn(bool) -> u64) -> u32 {
+        let mut central = 0;
+        for _ in 0..epochs {
+            let in_central = lock.reader_mode() == "central";
+            central += u32::from(in_central);
+            let n = reads(in_central);
+            lock.env().locks.fetch_add(n, Relaxed);
+            lock.env().unlocks.fetch_add(n, Relaxed);
+            lock.env().clock.fetch_add(EPOCH_NS, Relaxed);
+            for _ in 0..EPOCH_WRITES {
+                lock.write_lock();
+                // SAFETY: write-locked just above.
+                unsafe { lock.write_unlock() };
+            }
+        }
+        central
+    }
+
+    #[test]
+    fn keeps_the_faster_mode_and_tries_the_other_now_and_then() {
+        let lock = lock();
+        // The central mode runs twice as fast: after its first trial the
+        // lock stays there, trying per-CPU counts less and less often.
+        let central = run(&lock, 400, |central| if central { 2000 } else { 1000 });
+        assert!(central > 370, "{central} of 400 epochs central");
+        // Now per-CPU counts are faster: the next trial (at most 64 epochs
+        // away) goes back, and the central mode is only tried again.
+        let per_cpu_faster = |central| if central { 1000 } else { 2000 };
+        run(&lock, 100, per_cpu_faster);
+        let central = run(&lock, 300, per_cpu_faster);
+        assert!(central < 15, "{central} of 300 epochs central");
+    }
+
+    #[test]
+    fn a_mode_no_better_by_a_sixteenth_is_not_kept() {
+        let lock = lock();
+        let central = run(&lock, 400, |central| if central { 1030 } else { 1000 });
+        assert!(central < 30, "{central} of 400 epochs central");
+    }
+
+    #[test]
+    fn sparse_writes_make_no_trial() {
+        let lock = lock();
+        // 256 writes among a million reads: under one in 1,024.
+        let central = run(&lock, 200, |central| if central { 2_000_000 } else { 1_000_000 });
+        assert_eq!(central, 0);
     }
 }
