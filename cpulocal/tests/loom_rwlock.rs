@@ -83,11 +83,27 @@ struct Config {
     membarrier: bool,
     /// Readers skip the fence of the fenced path (a bug).
     skip_fenced_fence: bool,
+    /// Every write switches readers between the per-CPU and the central
+    /// mode (the library switches as measured throughput says, far less
+    /// often).
+    switches: bool,
+    /// A reader that finds the central mode after its fence enters without
+    /// the central count (a bug).
+    skip_central_count: bool,
 }
 
 /// The library's configuration.
-const LIBRARY: Config =
-    Config { split: true, fences: true, membarrier: true, skip_fenced_fence: false };
+const LIBRARY: Config = Config {
+    split: true,
+    fences: true,
+    membarrier: true,
+    skip_fenced_fence: false,
+    switches: false,
+    skip_central_count: false,
+};
+
+/// The library's protocol, with a mode switch at every write.
+const SWITCHING: Config = Config { switches: true, ..LIBRARY };
 
 /// Starts a thread that runs on `slot` (moving to the next slot after
 /// each count if `hops`) and calls `f` with the lock.
@@ -223,6 +239,14 @@ impl Env for Model {
 
     fn crowded(&self) -> bool {
         false
+    }
+
+    fn switch_every_write(&self) -> bool {
+        self.config.switches
+    }
+
+    fn counts_centrally(&self) -> bool {
+        !self.config.skip_central_count
     }
 
     fn clock_due(&self) -> bool {
@@ -449,6 +473,85 @@ fn three_writers_all_get_in() {
     });
 }
 
+/// A hopping reader that reads twice and a writer that writes twice: with
+/// [`SWITCHING`], the first write moves readers to the central mode as it
+/// unlocks and the second moves them back, while the reader may meet
+/// either mode, a switch between its two looks at `state`, or leave the
+/// central mode itself (its second clock check finds no write since its
+/// first).
+fn reader_and_two_writes(config: Config) {
+    loom::model(move || {
+        let lock = Lock::new(config);
+        let reader = spawn_on(&lock, 1, true, |l| {
+            let first = l.read();
+            let second = l.read();
+            assert!(first <= second);
+        });
+        run_on(0, false);
+        lock.write();
+        lock.write();
+        reader.join().unwrap();
+        assert_eq!(lock.read(), 2);
+    });
+}
+
+/// Readers switched between per-CPU counts and the central count at every
+/// write: no reader and writer inside together, no lost wake-up.
+#[test]
+fn mode_switches_keep_writers_out() {
+    reader_and_two_writes(SWITCHING);
+    hopping_readers_and_a_writer(SWITCHING);
+}
+
+/// A reader that finds the central mode after its fence but enters on its
+/// per-CPU count alone is invisible to the next writer, who waits for the
+/// central count: the model must find the two inside together.
+#[test]
+fn central_reader_without_central_count_lets_writer_in() {
+    expect_violation(|| reader_and_two_writes(Config { skip_central_count: true, ..SWITCHING }));
+}
+
+/// The try-locks, two writers and downgrades while every write switches
+/// the mode.
+#[test]
+fn try_locks_and_downgrades_while_switching() {
+    loom::model(|| {
+        let lock = Lock::new(SWITCHING);
+        let writer = spawn_on(&lock, 1, false, |l| {
+            l.write();
+        });
+        let reader = spawn_on(&lock, 0, true, |l| {
+            l.try_read();
+        });
+        run_on(0, false);
+        let wrote = lock.try_write();
+        writer.join().unwrap();
+        reader.join().unwrap();
+        assert_eq!(lock.read(), 1 + u64::from(wrote));
+    });
+    loom::model(|| {
+        let lock = Lock::new(SWITCHING);
+        let reader = spawn_on(&lock, 1, true, |l| l.read());
+        run_on(0, false);
+        // The first write switches to the central mode as it unlocks.
+        lock.write();
+        lock.raw.write_lock();
+        // SAFETY: write-locked; loom checks the claim.
+        lock.data.with_mut(|p| unsafe { *p += 1 });
+        // SAFETY: write-locked above; the read lock it becomes is counted
+        // centrally, and the writer below must wait for it.
+        unsafe { lock.raw.downgrade() };
+        let writer = spawn_on(&lock, 0, false, |l| l.write());
+        // SAFETY: read-locked by the downgrade.
+        assert_eq!(lock.data.with(|p| unsafe { *p }), 2);
+        // SAFETY: read-locked by the downgrade.
+        unsafe { lock.raw.read_unlock() };
+        writer.join().unwrap();
+        assert!(reader.join().unwrap() <= 3);
+        assert_eq!(lock.read(), 3);
+    });
+}
+
 /// Two blocking writers and a hopping blocking reader: the reader may
 /// sleep behind one writer and register as parked, the other writer then
 /// waits for it; no lost wake-up, no overlap.
@@ -557,6 +660,12 @@ fn upgrader_reader_and_writer(config: Config, how: Upgrade, try_write: bool) {
 fn upgrade_waits_for_readers_and_excludes_writers() {
     upgrader_reader_and_writer(LIBRARY, Upgrade::Blocking, false);
     upgrader_reader_and_writer(LIBRARY, Upgrade::Try, true);
+}
+
+/// The same while every write switches the mode.
+#[test]
+fn upgrade_while_switching() {
+    upgrader_reader_and_writer(SWITCHING, Upgrade::Blocking, false);
 }
 
 /// The same without a heavy barrier (readers fence for good).

@@ -187,13 +187,19 @@ mod stress {
     /// Readers (some through `try_read`, some hopping CPUs while they hold
     /// the lock) and writers (some through `try_write`) on threads that hop
     /// CPUs and receive a stream of signals; every critical section checks
-    /// [`Pair`]. Run here and in children under every backend and without
-    /// membarrier.
+    /// [`Pair`]. Run here and in children under every backend, without
+    /// membarrier, and with readers pinned to the central mode (on the rseq
+    /// and on the portable backend).
     #[test]
     fn invariant_holds() {
         if !common::is_child() {
             common::under_each_backend("stress::invariant_holds");
             common::in_child("stress::invariant_holds", &[("CPULOCAL_MEMBARRIER", "0")]);
+            common::in_child("stress::invariant_holds", &[("CPULOCAL_RWLOCK_MODE", "central")]);
+            common::in_child(
+                "stress::invariant_holds",
+                &[("CPULOCAL_RWLOCK_MODE", "central"), ("CPULOCAL_BACKEND", "fallback")],
+            );
         } else {
             common::check_forced_backend();
         }
@@ -289,6 +295,9 @@ mod stress {
         let total = written.load(Ordering::Relaxed);
         assert!(total > writes as u64, "only {total} writes");
         assert!(try_reads.load(Ordering::Relaxed) > 0);
+        if std::env::var("CPULOCAL_RWLOCK_MODE").is_ok_and(|v| v == "central") {
+            assert!(format!("{lock:?}").contains(r#"readers: "central""#), "{lock:?}");
+        }
         let pair = lock.into_inner();
         assert_eq!((pair.a, pair.b), (total, total));
     }
