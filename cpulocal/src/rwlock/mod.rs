@@ -349,7 +349,7 @@ impl Env for Cpus {
 ///   lock's do, and a write waits for that count alone. Writers choose by
 ///   measuring: every millisecond or so they compare the lock's throughput
 ///   with a trial of the other mode, and keep the faster. Writes that thin
-///   out to under one operation in 1,024 bring the per-CPU counts back.
+///   out to under one operation in 256 bring the per-CPU counts back.
 ///   `CPULOCAL_RWLOCK_MODE=central` or `per-cpu` pins the mode.
 /// - Waiting is bounded before it sleeps: readers and writers spin, then
 ///   yield, then sleep on a futex. A writer never waits for a descheduled

@@ -119,8 +119,9 @@ const EPOCH_WRITES: u64 = 256;
 /// the per-CPU mode is the right one, and no trial is made.
 const SPARSE_EPOCHS: u64 = 4;
 /// A trial of the other mode is made only while writes are at least one
-/// operation in this many: below, a write's cost hardly shows.
-const DENSE_WRITES: u64 = 1024;
+/// operation in this many: below, a write's cost hardly shows (at 1% the
+/// two modes ran alike even where cache lines pass slowly).
+const DENSE_WRITES: u64 = 256;
 /// A trial mode is kept only if it did better by one part in this many.
 const TRIAL_MARGIN: u64 = 16;
 /// The most epochs between two trials: after each lost trial the wait
@@ -1178,24 +1179,22 @@ impl<E: Env> RawRwLock<E> {
         a.ops.store(ops, Relaxed);
         a.writes.store(writes, Relaxed);
         let central = self.hot.state.load(Relaxed) & CENTRAL != 0;
-        let sparse =
-            elapsed > SPARSE_EPOCHS * EPOCH_NS || written.saturating_mul(DENSE_WRITES) < done;
-        if end == 0 || sparse {
-            // The first epoch, or writes are sparse: per-CPU counts.
-            if central {
-                self.switch_mode();
-            }
-            a.trial.store(0, Relaxed);
-            a.countdown.store(0, Relaxed);
-            a.wait.store(1, Relaxed);
+        if end == 0 {
+            // The first epoch starts here.
             return;
         }
+        let sparse =
+            elapsed > SPARSE_EPOCHS * EPOCH_NS || written.saturating_mul(DENSE_WRITES) < done;
         let rate = u64::try_from(u128::from(done) * 1_000_000_000 / u128::from(elapsed))
             .unwrap_or(u64::MAX);
         if a.trial.load(Relaxed) != 0 {
             a.trial.store(0, Relaxed);
             let settled = a.settled_rate.load(Relaxed);
-            let wait = if rate > settled.saturating_add(settled / TRIAL_MARGIN) {
+            // A trial that made writes sparse (the central mode can slow
+            // readers so much that writes thin out) lost, whatever its rate:
+            // otherwise it would restart the trials from scratch.
+            let won = !sparse && rate > settled.saturating_add(settled / TRIAL_MARGIN);
+            let wait = if won {
                 // The trial's mode stays; the next trial soon checks back.
                 1
             } else {
@@ -1204,6 +1203,13 @@ impl<E: Env> RawRwLock<E> {
             };
             a.wait.store(wait, Relaxed);
             a.countdown.store(wait, Relaxed);
+            return;
+        }
+        if sparse {
+            // Writes are sparse: per-CPU counts, and no trial.
+            if central {
+                self.switch_mode();
+            }
             return;
         }
         let countdown = a.countdown.load(Relaxed);
@@ -1367,6 +1373,16 @@ mod tests {
     /// `reads(central)` says for the mode the epoch runs in. Returns how
     /// many epochs ran in the central mode.
     fn run(lock: &RawRwLock<Made>, epochs: u32, reads: impl Fn(bool) -> u64) -> u32 {
+        run_timed(lock, epochs, reads, |_| EPOCH_NS)
+    }
+
+    /// As [`run`], each epoch lasting `ns(central)`.
+    fn run_timed(
+        lock: &RawRwLock<Made>,
+        epochs: u32,
+        reads: impl Fn(bool) -> u64,
+        ns: impl Fn(bool) -> u64,
+    ) -> u32 {
         let mut central = 0;
         for _ in 0..epochs {
             let in_central = lock.reader_mode() == "central";
@@ -1374,7 +1390,7 @@ mod tests {
             let n = reads(in_central);
             lock.env().locks.fetch_add(n, Relaxed);
             lock.env().unlocks.fetch_add(n, Relaxed);
-            lock.env().clock.fetch_add(EPOCH_NS, Relaxed);
+            lock.env().clock.fetch_add(ns(in_central), Relaxed);
             for _ in 0..EPOCH_WRITES {
                 lock.write_lock();
                 // SAFETY: write-locked just above.
@@ -1406,10 +1422,25 @@ mod tests {
         assert!(central < 30, "{central} of 400 epochs central");
     }
 
+    /// A trial that slows writes down until they are sparse (256 writes
+    /// stretched over 6 ms) lost, even with more operations per second:
+    /// the trials back off as after any lost one.
+    #[test]
+    fn a_trial_that_makes_writes_sparse_is_lost() {
+        let lock = lock();
+        let central = run_timed(
+            &lock,
+            400,
+            |central| if central { 20_000 } else { 2_000 },
+            |central| if central { 6 * EPOCH_NS } else { EPOCH_NS },
+        );
+        assert!(central < 15, "{central} of 400 epochs central");
+    }
+
     #[test]
     fn sparse_writes_make_no_trial() {
         let lock = lock();
-        // 256 writes among a million reads: under one in 1,024.
+        // 256 writes among a million reads: under one in 256.
         let central = run(&lock, 200, |central| if central { 2_000_000 } else { 1_000_000 });
         assert_eq!(central, 0);
     }
