@@ -438,10 +438,9 @@ fn missing_fences_let_writer_in() {
 }
 
 /// Two writers (one through `try_write`) and a reader through `try_read`.
-#[test]
-fn writers_exclude_each_other_and_try_locks() {
-    loom::model(|| {
-        let lock = Lock::new(LIBRARY);
+fn writers_and_a_try_reader(config: Config) {
+    loom::model(move || {
+        let lock = Lock::new(config);
         let writer = spawn_on(&lock, 1, false, |l| {
             l.write();
         });
@@ -454,6 +453,11 @@ fn writers_exclude_each_other_and_try_locks() {
         reader.join().unwrap();
         assert_eq!(lock.read(), 1 + u64::from(wrote));
     });
+}
+
+#[test]
+fn writers_exclude_each_other_and_try_locks() {
+    writers_and_a_try_reader(LIBRARY);
 }
 
 /// Three blocking writers: two of them may sleep on the writers' mutex at
@@ -515,20 +519,7 @@ fn central_reader_without_central_count_lets_writer_in() {
 /// the mode.
 #[test]
 fn try_locks_and_downgrades_while_switching() {
-    loom::model(|| {
-        let lock = Lock::new(SWITCHING);
-        let writer = spawn_on(&lock, 1, false, |l| {
-            l.write();
-        });
-        let reader = spawn_on(&lock, 0, true, |l| {
-            l.try_read();
-        });
-        run_on(0, false);
-        let wrote = lock.try_write();
-        writer.join().unwrap();
-        reader.join().unwrap();
-        assert_eq!(lock.read(), 1 + u64::from(wrote));
-    });
+    writers_and_a_try_reader(SWITCHING);
     loom::model(|| {
         let lock = Lock::new(SWITCHING);
         let reader = spawn_on(&lock, 1, true, |l| l.read());
