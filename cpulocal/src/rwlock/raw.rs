@@ -25,14 +25,16 @@
 //!                 upgradable reader, or briefly by a reader that changes
 //!                 the mode).
 //!         WWAITERS: writers sleep on `wseq` waiting for WLOCKED to clear.
+//!         DRAINING: the writer that set WRITER waits for readers inside
+//!                 to leave; readers that meet it yield rather than sleep.
 //!         CENTRAL: readers also count themselves in the bits from 8 up
 //!                 (READER), and writers wait for that count alone. Set
 //!                 (with FENCED) and cleared by a writer holding the write
 //!                 lock, or cleared by a reader holding WLOCKED while the
 //!                 count is zero.
-//!         WRITER is written only under WLOCKED (and SLEEPERS by readers
-//!         while WRITER is set); FENCED, NO_BARRIER and CENTRAL only under
-//!         WLOCKED.
+//!         WRITER and DRAINING are written only under WLOCKED (and
+//!         SLEEPERS by readers while WRITER is set); FENCED, NO_BARRIER and
+//!         CENTRAL only under WLOCKED.
 //!         One word, so that an uncontended write takes the mutex and
 //!         blocks readers in one read-modify-write and releases both in
 //!         another.
@@ -82,6 +84,10 @@ const WWAITERS: u32 = 32;
 /// well as per CPU), and writers wait for that count alone. Set only with
 /// FENCED.
 const CENTRAL: u32 = 64;
+/// `state`: the writer waits for the readers inside to leave. Set only
+/// with WRITER, by a writer that spun and still found readers inside, and
+/// cleared by it once they have left.
+const DRAINING: u32 = 128;
 /// `state`: one reader inside, in the central mode.
 const READER: u32 = 1 << 8;
 /// `state`: the central mode's reader count.
@@ -128,6 +134,16 @@ const TRIAL_MARGIN: u64 = 16;
 /// doubles up to this, so a trial of the worse mode takes at most about
 /// 1/65 of the time.
 const MAX_TRIAL_WAIT: u32 = 64;
+
+/// How many times a reader that met a writer waiting for the readers
+/// inside to leave (DRAINING) yields before it sleeps: some 0.4 ms of CPU
+/// where each yield returns at once (about 350 ns here), and as long as
+/// the scheduler takes where the CPUs are crowded. The readers it waits
+/// for run, or wait for a CPU, so the wait is the scheduler's. A reader
+/// that slept instead would come back with the scheduler's credit for a
+/// sleeper, and with several readers per CPU that credit delays the
+/// writer's next wake-up by a scheduler slice (DESIGN.md, "Progress").
+const DRAIN_YIELDS: u32 = 1024;
 
 /// How many times a reader in the central mode tries again (backing off
 /// 1, 2, 4 ... 64 spin-loop hints in between, some 15 us in all here)
@@ -211,6 +227,11 @@ pub(crate) trait Env {
     fn wait_briefly(&self, word: &AtomicU32, expected: u32);
     /// Wakes up to `n` threads sleeping in [`Env::wait`] on `word`.
     fn wake(&self, word: &AtomicU32, n: u32);
+    /// Yields the CPU while a writer waits for readers (so that a model
+    /// can count these yields).
+    fn yield_now(&self) {
+        thread::yield_now();
+    }
 }
 
 /// The word readers read on every lock and unlock, with the environment
@@ -631,14 +652,24 @@ impl<E: Env> RawRwLock<E> {
         }
     }
 
-    /// Waits until WRITER is clear: spins, yields, then sleeps on `state`.
+    /// Waits until WRITER is clear: spins, yields, then sleeps on `state`;
+    /// while the writer waits for readers (DRAINING), yields up to
+    /// [`DRAIN_YIELDS`] times first rather than sleeping.
     fn wait_for_writer(&self) {
         let state = &self.hot.state;
         let mut round = 0;
+        let mut drain_yields = 0;
         loop {
             let s = state.load(SeqCst);
             if s & WRITER == 0 {
                 return;
+            }
+            // Where waiters do not spin (the loom model), neither do we.
+            if s & DRAINING != 0 && E::SPINS > 0 && round >= E::SPINS && drain_yields < DRAIN_YIELDS
+            {
+                drain_yields += 1;
+                self.hot.env.yield_now();
+                continue;
             }
             if round < E::SPINS + E::YIELDS {
                 pause(round, E::SPINS);
@@ -772,7 +803,8 @@ impl<E: Env> RawRwLock<E> {
     /// The caller holds the write lock.
     #[inline]
     unsafe fn release_write(&self) {
-        let s = self.hot.state.fetch_and(!(WRITER | SLEEPERS | WLOCKED | WWAITERS), SeqCst);
+        let s =
+            self.hot.state.fetch_and(!(WRITER | DRAINING | SLEEPERS | WLOCKED | WWAITERS), SeqCst);
         if s & SLEEPERS != 0 {
             self.hot.env.wake(&self.hot.state, u32::MAX);
         }
@@ -978,6 +1010,7 @@ impl<E: Env> RawRwLock<E> {
         let mut heavy = how != Blocked::Fenced;
         let mut round = 0;
         let mut gated = false;
+        let mut draining = false;
         loop {
             if self.readers_out(how) {
                 break;
@@ -986,6 +1019,12 @@ impl<E: Env> RawRwLock<E> {
                 pause(round, E::SPINS);
                 round += 1;
                 continue;
+            }
+            if !draining {
+                // Past the spinning (a wait the readers spin out as well):
+                // readers that meet us from now on yield rather than sleep.
+                draining = true;
+                self.hot.state.fetch_or(DRAINING, Relaxed);
             }
             if round < E::SPINS + E::YIELDS {
                 let first = round == E::SPINS;
@@ -1023,6 +1062,9 @@ impl<E: Env> RawRwLock<E> {
             } else {
                 env.wait(gate, 1);
             }
+        }
+        if draining {
+            self.hot.state.fetch_and(!DRAINING, Relaxed);
         }
         // Only a writer that set it clears it: the line stays clean (and
         // shared with the next writer, who reads `parked` there) otherwise.
@@ -1320,15 +1362,23 @@ fn pause(round: u32, spins: u32) {
 mod tests {
     use super::*;
 
-    struct Made {
+    /// `SPINS`: as [`Env::SPINS`] (0 for the mode choice, which never
+    /// waits).
+    #[derive(Default)]
+    struct Made<const SPINS: u32 = 0> {
         clock: AtomicU64,
         locks: AtomicU64,
         unlocks: AtomicU64,
+        /// Calls of [`Env::yield_now`].
+        yields: AtomicU32,
+        /// How many of those came before the first sleep, plus one (0:
+        /// no sleep yet).
+        yields_before_sleep: AtomicU32,
     }
 
-    impl Env for Made {
-        const SPINS: u32 = 0;
-        const YIELDS: u32 = 0;
+    impl<const S: u32> Env for Made<S> {
+        const SPINS: u32 = S;
+        const YIELDS: u32 = 2;
         fn count_lock(&self) {
             self.locks.fetch_add(1, Relaxed);
         }
@@ -1362,17 +1412,69 @@ mod tests {
         fn clock_due(&self) -> bool {
             false
         }
-        fn wait(&self, _: &AtomicU32, _: u32) {}
+        /// Notes the first sleep; a sleeping reader's writer then leaves
+        /// (the test's readers sleep on `state`).
+        fn wait(&self, word: &AtomicU32, _: u32) {
+            let yields = self.yields.load(Relaxed);
+            let _ = self.yields_before_sleep.compare_exchange(0, yields + 1, Relaxed, Relaxed);
+            word.fetch_and(!(WRITER | DRAINING | SLEEPERS | WLOCKED), Relaxed);
+        }
         fn wait_briefly(&self, _: &AtomicU32, _: u32) {}
         fn wake(&self, _: &AtomicU32, _: u32) {}
+        fn yield_now(&self) {
+            self.yields.fetch_add(1, Relaxed);
+        }
     }
 
     fn lock() -> RawRwLock<Made> {
-        RawRwLock::new(Made {
-            clock: AtomicU64::new(1),
-            locks: AtomicU64::new(0),
-            unlocks: AtomicU64::new(0),
-        })
+        let made = Made::default();
+        made.clock.store(1, Relaxed);
+        RawRwLock::new(made)
+    }
+
+    /// A reader that meets a writer waiting for the readers inside
+    /// (DRAINING) yields [`DRAIN_YIELDS`] times before it sleeps.
+    #[test]
+    fn a_reader_meeting_a_draining_writer_yields_before_it_sleeps() {
+        let lock = RawRwLock::new(Made::<1>::default());
+        lock.hot.state.store(FENCED | WLOCKED | WRITER | DRAINING, Relaxed);
+        lock.wait_for_writer();
+        assert_eq!(lock.env().yields_before_sleep.load(Relaxed), DRAIN_YIELDS + 1);
+    }
+
+    /// A writer that spun and still finds a reader inside shows DRAINING
+    /// until the reader leaves, and not once it holds the lock.
+    #[test]
+    fn a_writer_shows_draining_while_it_waits_for_readers() {
+        let lock = RawRwLock::new(Made::<1>::default());
+        // A reader inside.
+        lock.env().count_lock();
+        thread::scope(|s| {
+            let writer = s.spawn(|| lock.write_lock());
+            let start = std::time::Instant::now();
+            let mut shown = false;
+            while !shown && start.elapsed().as_secs() < 10 {
+                shown = lock.hot.state.load(Relaxed) & DRAINING != 0;
+                thread::yield_now();
+            }
+            // The reader leaves (so that the writer finishes either way).
+            lock.env().count_unlock();
+            writer.join().unwrap();
+            assert!(shown, "the writer never showed DRAINING");
+        });
+        let s = lock.hot.state.load(Relaxed);
+        assert_eq!(s & (WRITER | DRAINING), WRITER, "state {s:#x} with the write lock held");
+    }
+
+    /// A reader that meets a writer holding the lock sleeps after its
+    /// bounded spinning and yielding (none of those yields is a drain
+    /// yield).
+    #[test]
+    fn a_reader_meeting_a_writer_inside_sleeps_after_its_rounds() {
+        let lock = RawRwLock::new(Made::<1>::default());
+        lock.hot.state.store(FENCED | WLOCKED | WRITER, Relaxed);
+        lock.wait_for_writer();
+        assert_eq!(lock.env().yields_before_sleep.load(Relaxed), 1);
     }
 
     /// Runs `epochs` epochs of 1 ms, each of 256 writes and as many reads as
