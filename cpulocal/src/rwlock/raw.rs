@@ -640,15 +640,34 @@ impl<E: Env> RawRwLock<E> {
     }
 
     /// An unlock count went up while WRITER was set: wake the writer if it
-    /// sleeps waiting for readers.
+    /// sleeps waiting for readers and none is left inside. (A writer woken
+    /// by every unlock would, with many readers inside, wake and sleep
+    /// again once per reader, each time waiting for a CPU.)
     #[cold]
     fn wake_writer(&self) {
         // Pairs with the fence in `wait_for_readers`: either the writer's
-        // sums see our unlock, or we see its `gate`.
+        // sums see our unlock, or we see its `gate`. And among the readers
+        // that unlock while it sleeps, the one whose fence comes last sees
+        // every other's unlock: it finds them all out and wakes the writer.
         self.hot.env.full_fence();
         let gate = &self.cold.gate;
-        if gate.load(Relaxed) != 0 && gate.swap(0, Relaxed) != 0 {
+        if gate.load(Relaxed) != 0
+            && self.readers_out(self.blocked_as())
+            && gate.swap(0, Relaxed) != 0
+        {
             self.hot.env.wake(gate, 1);
+        }
+    }
+
+    /// How the writer that holds WLOCKED now waits for readers, as far as
+    /// [`readers_out`](Self::readers_out) is concerned: for the central
+    /// count if CENTRAL is set (it changes only under WLOCKED), else for the
+    /// per-CPU counts.
+    fn blocked_as(&self) -> Blocked {
+        if self.hot.state.load(Relaxed) & CENTRAL != 0 {
+            Blocked::Central
+        } else {
+            Blocked::Fenced
         }
     }
 
