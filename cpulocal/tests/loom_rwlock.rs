@@ -703,3 +703,28 @@ fn downgrades_through_upgradable() {
         assert_eq!(lock.read(), 2);
     });
 }
+
+/// Two readers inside, one per slot, while a writer comes and sleeps
+/// waiting for them: only a reader that finds no other inside wakes the
+/// writer, so the one that unlocks last must see the other's unlock. (A
+/// reader that looked for the others before its fence could miss it, and
+/// then neither would wake the writer: loom reports the deadlock.)
+#[test]
+fn the_last_of_two_readers_out_wakes_the_writer() {
+    loom::model(|| {
+        let lock = Lock::new(LIBRARY);
+        let other = spawn_on(&lock, 1, false, |l| {
+            l.raw.read_lock();
+            // SAFETY: read-locked just above.
+            unsafe { l.raw.read_unlock() };
+        });
+        run_on(0, false);
+        lock.raw.read_lock();
+        let writer = spawn_on(&lock, 0, false, |l| l.write());
+        // SAFETY: read-locked above.
+        unsafe { lock.raw.read_unlock() };
+        other.join().unwrap();
+        writer.join().unwrap();
+        assert_eq!(lock.read(), 1);
+    });
+}
