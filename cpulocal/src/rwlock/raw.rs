@@ -491,9 +491,7 @@ impl<E: Env> RawRwLock<E> {
             }
             // A writer, or a lost race: back off, so that the line stays a
             // while with whoever has it.
-            for _ in 0..1u32 << round.min(6) {
-                hint::spin_loop();
-            }
+            spin_burst(round);
             round += 1;
             s = state.load(Acquire);
         }
@@ -761,9 +759,7 @@ impl<E: Env> RawRwLock<E> {
                     return true;
                 }
             }
-            for _ in 0..1u32 << round.min(6) {
-                hint::spin_loop();
-            }
+            spin_burst(round);
         }
         false
     }
@@ -1019,7 +1015,8 @@ impl<E: Env> RawRwLock<E> {
     }
 
     /// Waits until [`readers_out`](Self::readers_out): spins, yields, then
-    /// sleeps on `gate`, woken by the unlock of any reader that sees WRITER.
+    /// sleeps on `gate`, woken by the reader whose unlock (seeing WRITER)
+    /// finds no reader left inside; sets DRAINING once past the spinning.
     #[inline(never)]
     fn wait_for_readers(&self, how: Blocked) {
         let env = &self.hot.env;
@@ -1366,17 +1363,24 @@ impl<E: Env> RawRwLock<E> {
 /// preempted lock holder on this CPU run).
 fn pause(round: u32, spins: u32) {
     if round < spins {
-        for _ in 0..1u32 << round.min(6) {
-            hint::spin_loop();
-        }
+        spin_burst(round);
     } else {
         thread::yield_now();
     }
 }
 
+/// Round `round` of a backoff: 1, 2, 4 ... 64 spin-loop hints.
+fn spin_burst(round: u32) {
+    for _ in 0..1u32 << round.min(6) {
+        hint::spin_loop();
+    }
+}
+
 /// The mode choice ([`RawRwLock::adapt`]) against a made-up machine: one
 /// slot, a clock the test moves, and reads that the test adds to the counts
-/// at the rate it says each mode runs at.
+/// at the rate it says each mode runs at. And how readers and a writer wait
+/// for each other around DRAINING, with the machine's yields and sleeps
+/// counted.
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -1431,8 +1435,9 @@ mod tests {
         fn clock_due(&self) -> bool {
             false
         }
-        /// Notes the first sleep; a sleeping reader's writer then leaves
-        /// (the test's readers sleep on `state`).
+        /// Notes the first sleep, then clears the writer's bits from the
+        /// word: a reader sleeping on `state` finds the writer gone; a
+        /// writer sleeping on `gate` just looks again.
         fn wait(&self, word: &AtomicU32, _: u32) {
             let yields = self.yields.load(Relaxed);
             let _ = self.yields_before_sleep.compare_exchange(0, yields + 1, Relaxed, Relaxed);
