@@ -354,7 +354,11 @@ impl Env for Cpus {
 /// - Waiting is bounded before it sleeps: readers and writers spin, then
 ///   yield, then sleep on a futex. A writer never waits for a descheduled
 ///   reader for fairness' sake; readers that met a writer get a bounded
-///   moment to get in before the next writer blocks them again.
+///   moment to get in before the next writer blocks them again. A writer
+///   asleep waiting for readers is woken by the last one out, and readers
+///   that meet a writer still waiting for readers yield (a bounded number
+///   of times) rather than sleep, so that sleeping readers do not take the
+///   scheduler's favour from the writer.
 ///
 /// Each lock holds 16 bytes per possible CPU, allocated on its first use
 /// (so [`new`](Self::new) is a `const fn` and a lock can be a `static`).
