@@ -7,7 +7,9 @@
 //! between counts (so a reader may count its lock on one CPU and its unlock,
 //! or its back-off, on another). Futex sleeping is a loom `Mutex` and a
 //! `Condvar` per word (a wake of one wakes one sleeper on that word, as
-//! `futex_wake` does), so a lost wake-up shows up as a deadlock. The protected data
+//! `futex_wake` does), so a lost wake-up shows up as a deadlock. A sleep
+//! with a timeout returns at once, as if the time were up: nothing may
+//! depend on a wake-up during it. The protected data
 //! is a loom `UnsafeCell`: a reader overlapping a writer is a causality
 //! violation.
 //!
@@ -90,6 +92,14 @@ struct Config {
     /// A reader that finds the central mode after its fence enters without
     /// the central count (a bug).
     skip_central_count: bool,
+    /// Sleeps with a timeout sleep until woken instead (a bug: the
+    /// writer's first sleep on readers, which issues no heavy barrier,
+    /// could then miss its wake-up for good).
+    untimed_brief_sleeps: bool,
+    /// A reader's light fence is what it is where no heavy barrier pairs
+    /// with it: nothing. (The mutex that models the pairing orders more
+    /// than a compiler fence does under loom.)
+    light_fence_alone: bool,
 }
 
 /// The library's configuration.
@@ -100,6 +110,8 @@ const LIBRARY: Config = Config {
     skip_fenced_fence: false,
     switches: false,
     skip_central_count: false,
+    untimed_brief_sleeps: false,
+    light_fence_alone: false,
 };
 
 /// The library's protocol, with a mode switch at every write.
@@ -187,7 +199,7 @@ impl Env for Model {
     }
 
     fn light_fence(&self) {
-        if self.config.fences && self.config.membarrier {
+        if self.config.fences && self.config.membarrier && !self.config.light_fence_alone {
             let me = ME.with(|me| match me.get() {
                 Some(n) => n,
                 None => {
@@ -262,7 +274,11 @@ impl Env for Model {
     }
 
     fn wait_briefly(&self, word: &AtomicU32, expected: u32) {
-        self.wait(word, expected);
+        if self.config.untimed_brief_sleeps {
+            self.wait(word, expected);
+        } else {
+            thread::yield_now();
+        }
     }
 
     fn wake(&self, word: &AtomicU32, n: u32) {
@@ -727,4 +743,33 @@ fn the_last_of_two_readers_out_wakes_the_writer() {
         writer.join().unwrap();
         assert_eq!(lock.read(), 1);
     });
+}
+
+/// A reader inside (fenced mode) and a writer that comes and sleeps
+/// waiting for it. The writer's first sleep issues no heavy barrier, so
+/// the reader's unlock, whose light fence then pairs with nothing, may be
+/// neither summed by the writer nor see WRITER: only the sleep's timeout,
+/// after which the writer issues the barrier, keeps the wake-up from being
+/// lost. With that sleep untimed (and the light fence modelled as the
+/// nothing it is there), loom finds the deadlock.
+#[test]
+fn a_first_sleep_without_a_barrier_needs_its_timeout() {
+    fn model(config: Config) {
+        loom::model(move || {
+            let lock = Lock::new(config);
+            run_on(0, false);
+            lock.raw.read_lock();
+            let writer = spawn_on(&lock, 1, false, |l| l.write());
+            // SAFETY: read-locked above.
+            unsafe { lock.raw.read_unlock() };
+            writer.join().unwrap();
+            assert_eq!(lock.read(), 1);
+        });
+    }
+    model(LIBRARY);
+    expect_failure_in_child(
+        "a_first_sleep_without_a_barrier_needs_its_timeout",
+        || model(Config { untimed_brief_sleeps: true, light_fence_alone: true, ..LIBRARY }),
+        &["deadlock"],
+    );
 }
