@@ -748,10 +748,17 @@ fn the_last_of_two_readers_out_wakes_the_writer() {
 /// A reader inside (fenced mode) and a writer that comes and sleeps
 /// waiting for it. The writer's first sleep issues no heavy barrier, so
 /// the reader's unlock, whose light fence then pairs with nothing, may be
-/// neither summed by the writer nor see WRITER: only the sleep's timeout,
-/// after which the writer issues the barrier, keeps the wake-up from being
-/// lost. With that sleep untimed (and the light fence modelled as the
-/// nothing it is there), loom finds the deadlock.
+/// neither summed by the writer nor see WRITER. With the library's
+/// configuration the model passes: the timed sleep returns, and the sleep
+/// after it is backed by the barrier. With the light fence modelled as
+/// nothing and that first sleep untimed, loom finds the lost wake-up.
+///
+/// What this does not show: that the timeout alone is what saves the
+/// library. With the light fence modelled as nothing, the barrier has
+/// nothing to pair with either, so the timed version deadlocks as well (at
+/// its second sleep), and the library's configuration, whose fence mutex
+/// orders more than a compiler barrier, does not find the lost wake-up even
+/// with the first sleep untimed.
 #[test]
 fn a_first_sleep_without_a_barrier_needs_its_timeout() {
     fn model(config: Config) {
