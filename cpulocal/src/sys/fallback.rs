@@ -156,6 +156,12 @@ pub(crate) mod rseq {
         false
     }
 
+    /// No armed fast path: the caller finds the CPU the general way.
+    #[inline(always)]
+    pub(crate) fn fast_slot(_base: *mut u8) -> Option<*mut u8> {
+        None
+    }
+
     pub(crate) fn pin_code() -> bool {
         false
     }

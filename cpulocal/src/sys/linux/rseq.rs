@@ -141,6 +141,32 @@ pub(crate) fn arm_fast_path(applies: bool) {
     let _ = SEQ_AREA.try_with(|a| a.set(area));
 }
 
+/// The current CPU's copy of a per-CPU object whose slot 0's copy is at
+/// `base`, by the armed fast path's test: `base + (cpu << SEQ_SHIFT)` if
+/// the calling thread's [`SEQ_AREA`] is armed (one comparison of the
+/// sign-extended id with `base`, as in [`percpu_add_fast`]), else `None`,
+/// and the caller finds the CPU the general way. A hint, as
+/// `cpu::current()` is: the thread may move on as soon as this returns.
+///
+/// `base` must be slot 0's copy of a per-CPU allocation (so not null, and
+/// above every CPU id wherever the fast path is armed).
+#[inline(always)]
+pub(crate) fn fast_slot(base: *mut u8) -> Option<*mut u8> {
+    if !HAS_PERCPU_OPS {
+        return None;
+    }
+    let area = SEQ_AREA.with(Cell::get);
+    // SAFETY: `SEQ_AREA` is never null: it points at the thread's registered
+    // area, at `PARKED` or at `NO_AREA`, all valid for reads as long as the
+    // thread's fast path may run (the same read starts `percpu_add_fast`).
+    // The kernel writes `cpu_id` asynchronously, hence the volatile read.
+    let id = unsafe { ptr::addr_of!((*area).cpu_id).read_volatile() };
+    // Sign-extended: an area the kernel does not update reads -1 or -2,
+    // above every address; an armed area's ids are below `cpu::count()`.
+    let id = id as i32 as isize as usize;
+    (id < base as usize).then(|| base.wrapping_add(id << SEQ_SHIFT))
+}
+
 /// The region size (log2 bytes per CPU) [`percpu_add_fast`] is written for:
 /// the largest one. Where regions were reserved smaller (`RLIMIT_AS`) the
 /// fast path is never armed, and the slow path's sequences shift by the
