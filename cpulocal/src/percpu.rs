@@ -17,7 +17,7 @@ use std::marker::PhantomData;
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, Ordering};
 
-use crate::{cpu, region};
+use crate::{cpu, region, sys};
 
 /// Why an allocation failed. Nothing was allocated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,7 +189,19 @@ impl Percpu {
     /// ```
     #[inline]
     pub fn getref(&self) -> PercpuRef<'_> {
+        // The armed fast path's test where the thread has it (see
+        // `CpuLocal::get`), else the general way, which arms it.
+        if let Some(cpu) = sys::rseq::fast_cpu(self.ptr0.as_ptr()) {
+            let ptr = self.ptr0.as_ptr().wrapping_add(cpu << sys::rseq::SEQ_SHIFT);
+            return PercpuRef { cpu, ptr, _marker: PhantomData };
+        }
+        self.getref_slow()
+    }
+
+    #[inline(never)]
+    fn getref_slow(&self) -> PercpuRef<'_> {
         let cpu = cpu::current();
+        cpu::arm_fast_path();
         PercpuRef { cpu, ptr: self.slot(cpu), _marker: PhantomData }
     }
 

@@ -162,6 +162,12 @@ pub(crate) mod rseq {
         None
     }
 
+    /// No armed fast path: the caller finds the CPU the general way.
+    #[inline(always)]
+    pub(crate) fn fast_cpu(_base: *mut u8) -> Option<usize> {
+        None
+    }
+
     pub(crate) fn pin_code() -> bool {
         false
     }

@@ -152,6 +152,14 @@ pub(crate) fn arm_fast_path(applies: bool) {
 /// above every CPU id wherever the fast path is armed).
 #[inline(always)]
 pub(crate) fn fast_slot(base: *mut u8) -> Option<*mut u8> {
+    fast_cpu(base).map(|id| base.wrapping_add(id << SEQ_SHIFT))
+}
+
+/// The current CPU id, by the test of [`fast_slot`]: `None` where the
+/// thread's fast path is not armed. Its slot is `id << SEQ_SHIFT` bytes
+/// from `base`.
+#[inline(always)]
+pub(crate) fn fast_cpu(base: *mut u8) -> Option<usize> {
     if !HAS_PERCPU_OPS {
         return None;
     }
@@ -164,7 +172,7 @@ pub(crate) fn fast_slot(base: *mut u8) -> Option<*mut u8> {
     // Sign-extended: an area the kernel does not update reads -1 or -2,
     // above every address; an armed area's ids are below `cpu::count()`.
     let id = id as i32 as isize as usize;
-    (id < base as usize).then(|| base.wrapping_add(id << SEQ_SHIFT))
+    (id < base as usize).then_some(id)
 }
 
 /// The region size (log2 bytes per CPU) [`percpu_add_fast`] is written for:
