@@ -42,8 +42,8 @@ use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use crate::percpu::{AllocError, LazyPercpu};
-use crate::{cpu, sys};
+use crate::cpu;
+use crate::percpu::{current_slot, AllocError, LazyPercpu};
 
 pub use locked::{CpuLocalGuard, LockedCpuLocal, LockedIntoIter, LockedIterMut};
 
@@ -374,26 +374,7 @@ impl<T> CpuLocal<T> {
         let ptr0 = self.built_or_panic();
         // SAFETY: every CPU id's value is built and lives as long as `self`;
         // `&mut` to it is only had through `&mut self`.
-        unsafe { &*Self::current_slot(ptr0).cast::<T>() }
-    }
-
-    /// The current CPU's slot, given slot 0's: by the armed fast path's
-    /// test where the thread has it (two loads and a comparison), else by
-    /// [`cpu::current`], after which the thread decides, once, whether it
-    /// has it.
-    #[inline(always)]
-    fn current_slot(ptr0: NonNull<u8>) -> *mut u8 {
-        if let Some(at) = sys::rseq::fast_slot(ptr0.as_ptr()) {
-            return at;
-        }
-        Self::current_slot_slow(ptr0)
-    }
-
-    #[inline(never)]
-    fn current_slot_slow(ptr0: NonNull<u8>) -> *mut u8 {
-        let at = LazyPercpu::slot(ptr0, cpu::current());
-        cpu::arm_fast_path();
-        at
+        unsafe { &*current_slot(ptr0).1.cast::<T>() }
     }
 
     /// The current CPU's value, or the reason the first use could not
@@ -410,7 +391,7 @@ impl<T> CpuLocal<T> {
     pub fn try_get(&self) -> Result<&T, AllocError> {
         let ptr0 = self.built()?;
         // SAFETY: as in `get`.
-        Ok(unsafe { &*Self::current_slot(ptr0).cast::<T>() })
+        Ok(unsafe { &*current_slot(ptr0).1.cast::<T>() })
     }
 
     /// CPU `cpu`'s value, or `None` if `cpu >= cpu::count()`.

@@ -189,20 +189,8 @@ impl Percpu {
     /// ```
     #[inline]
     pub fn getref(&self) -> PercpuRef<'_> {
-        // The armed fast path's test where the thread has it (see
-        // `CpuLocal::get`), else the general way, which arms it.
-        if let Some(cpu) = sys::rseq::fast_cpu(self.ptr0.as_ptr()) {
-            let ptr = self.ptr0.as_ptr().wrapping_add(cpu << sys::rseq::SEQ_SHIFT);
-            return PercpuRef { cpu, ptr, _marker: PhantomData };
-        }
-        self.getref_slow()
-    }
-
-    #[inline(never)]
-    fn getref_slow(&self) -> PercpuRef<'_> {
-        let cpu = cpu::current();
-        cpu::arm_fast_path();
-        PercpuRef { cpu, ptr: self.slot(cpu), _marker: PhantomData }
+        let (cpu, ptr) = current_slot(self.ptr0);
+        PercpuRef { cpu, ptr, _marker: PhantomData }
     }
 
     /// The copy of CPU `cpu`, or `None` if `cpu >= cpu::count()`.
@@ -478,6 +466,29 @@ const ALIAS_BITS: usize = 0xFC0;
 /// Whether `a` and `b` sit at the same cache-line offset within their pages.
 fn shares_page_offset(a: usize, b: usize) -> bool {
     (a ^ b) & ALIAS_BITS == 0
+}
+
+/// The current CPU and its copy, given slot 0's copy `ptr0` of a per-CPU
+/// allocation: by the inline add's test where the thread's fast path is
+/// armed (two loads, a comparison and a constant shift: see
+/// `sys::rseq::fast_cpu`), else by [`cpu::current`], after which the thread
+/// decides, once, whether it has the fast path. A hint, as
+/// [`cpu::current`] is: the thread may move on as soon as this returns.
+#[inline(always)]
+pub(crate) fn current_slot(ptr0: NonNull<u8>) -> (usize, *mut u8) {
+    match sys::rseq::fast_cpu(ptr0.as_ptr()) {
+        Some(cpu) => (cpu, ptr0.as_ptr().wrapping_add(cpu << sys::rseq::SEQ_SHIFT)),
+        None => current_slot_slow(ptr0),
+    }
+}
+
+#[inline(never)]
+fn current_slot_slow(ptr0: NonNull<u8>) -> (usize, *mut u8) {
+    let cpu = cpu::current();
+    if sys::rseq::HAS_PERCPU_OPS {
+        cpu::arm_fast_path();
+    }
+    (cpu, region::slot_ptr(ptr0, cpu))
 }
 
 /// Frees what [`publish_lazily`] published.

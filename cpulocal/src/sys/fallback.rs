@@ -158,12 +158,6 @@ pub(crate) mod rseq {
 
     /// No armed fast path: the caller finds the CPU the general way.
     #[inline(always)]
-    pub(crate) fn fast_slot(_base: *mut u8) -> Option<*mut u8> {
-        None
-    }
-
-    /// No armed fast path: the caller finds the CPU the general way.
-    #[inline(always)]
     pub(crate) fn fast_cpu(_base: *mut u8) -> Option<usize> {
         None
     }

@@ -141,23 +141,15 @@ pub(crate) fn arm_fast_path(applies: bool) {
     let _ = SEQ_AREA.try_with(|a| a.set(area));
 }
 
-/// The current CPU's copy of a per-CPU object whose slot 0's copy is at
-/// `base`, by the armed fast path's test: `base + (cpu << SEQ_SHIFT)` if
-/// the calling thread's [`SEQ_AREA`] is armed (one comparison of the
-/// sign-extended id with `base`, as in [`percpu_add_fast`]), else `None`,
-/// and the caller finds the CPU the general way. A hint, as
-/// `cpu::current()` is: the thread may move on as soon as this returns.
+/// The current CPU id by the armed fast path's test, for a per-CPU object
+/// whose slot 0's copy is at `base`: the id if the calling thread's
+/// [`SEQ_AREA`] is armed (one comparison of the sign-extended id with
+/// `base`, as in [`percpu_add_fast`]), its copy then `id << SEQ_SHIFT`
+/// bytes from `base`; else `None`, and the caller finds the CPU the general
+/// way. A hint, as `cpu::current()` is.
 ///
 /// `base` must be slot 0's copy of a per-CPU allocation (so not null, and
 /// above every CPU id wherever the fast path is armed).
-#[inline(always)]
-pub(crate) fn fast_slot(base: *mut u8) -> Option<*mut u8> {
-    fast_cpu(base).map(|id| base.wrapping_add(id << SEQ_SHIFT))
-}
-
-/// The current CPU id, by the test of [`fast_slot`]: `None` where the
-/// thread's fast path is not armed. Its slot is `id << SEQ_SHIFT` bytes
-/// from `base`.
 #[inline(always)]
 pub(crate) fn fast_cpu(base: *mut u8) -> Option<usize> {
     if !HAS_PERCPU_OPS {
