@@ -146,14 +146,15 @@ const MAX_TRIAL_WAIT: u32 = 64;
 const DRAIN_YIELDS: u32 = 1024;
 
 /// How many times a reader in the central mode tries again (backing off
-/// as [`central_backoff`] says in between: some 5 us in all here where
-/// each yield returns at once) before it waits for a writer as in the
-/// per-CPU mode.
+/// as [`central_backoff`] says in between: 14 spin-loop hints and 13
+/// yields, about 5 us where each yield returns at once, some 350 ns here)
+/// before it waits for a writer as in the per-CPU mode.
 const CENTRAL_ROUNDS: u32 = 16;
 
 /// How many times a writer in the central mode looks for a moment with no
-/// reader inside (backing off as [`central_backoff`] says in between: some
-/// 3 us in all here) before it blocks readers and waits for them.
+/// reader inside (backing off as [`central_backoff`] says in between: 14
+/// spin-loop hints and 7 yields, about 3 us where yields return at once)
+/// before it blocks readers and waits for them.
 const CENTRAL_WRITE_TRIES: u32 = 10;
 
 /// How many of a central-mode waiter's first back-offs spin (2, 4 and 8
@@ -1394,11 +1395,8 @@ fn pause(round: u32, spins: u32) {
 /// mode where hand-offs are slow, and 0.76x-0.82x with the yields
 /// (DESIGN.md, "The constants").
 fn central_backoff(round: u32) {
-    if round < CENTRAL_SPINS {
-        spin_burst(round + 1);
-    } else {
-        thread::yield_now();
-    }
+    // `pause`'s bursts from its second round on: 2, 4, 8 hints, then yields.
+    pause(round + 1, CENTRAL_SPINS + 1);
 }
 
 /// Round `round` of a backoff: 1, 2, 4 ... 64 spin-loop hints.
