@@ -314,22 +314,25 @@ impl Lock {
         Arc::new(Lock { raw, data: UnsafeCell::new(0) })
     }
 
+    /// As the library's guard reads: the unlock is told how the lock came
+    /// in. (The tests that unlock with `read_unlock`, which looks at the
+    /// mode instead, check the `lock_api` trait's way.)
     fn read(&self) -> u64 {
-        self.raw.read_lock();
+        let entered = self.raw.read_lock();
         // SAFETY: read-locked; loom reports a causality violation if a
         // writer's access is not ordered with this one.
         let v = self.data.with(|p| unsafe { *p });
-        // SAFETY: we hold the read lock taken above.
-        unsafe { self.raw.read_unlock() };
+        // SAFETY: we hold the read lock taken above, which came in so.
+        unsafe { self.raw.read_unlock_as(entered) };
         v
     }
 
     fn try_read(&self) -> Option<u64> {
-        self.raw.try_read_lock().then(|| {
+        self.raw.try_read_lock().map(|entered| {
             // SAFETY: as in `read`.
             let v = self.data.with(|p| unsafe { *p });
-            // SAFETY: we hold the read lock taken above.
-            unsafe { self.raw.read_unlock() };
+            // SAFETY: we hold the read lock taken above, which came in so.
+            unsafe { self.raw.read_unlock_as(entered) };
             v
         })
     }

@@ -106,12 +106,13 @@ unsafe impl lock_api::RawRwLock for RawRwLock {
 
     #[inline]
     fn lock_shared(&self) {
-        self.0.read_lock();
+        // The trait's unlock carries nothing: `read_unlock` looks again.
+        let _ = self.0.read_lock();
     }
 
     #[inline]
     fn try_lock_shared(&self) -> bool {
-        self.0.try_read_lock()
+        self.0.try_read_lock().is_some()
     }
 
     #[inline]
@@ -149,7 +150,7 @@ unsafe impl lock_api::RawRwLock for RawRwLock {
 unsafe impl lock_api::RawRwLockDowngrade for RawRwLock {
     unsafe fn downgrade(&self) {
         // SAFETY: the caller holds the exclusive lock (the trait's contract).
-        unsafe { self.0.downgrade() };
+        let _ = unsafe { self.0.downgrade() };
     }
 }
 
@@ -189,7 +190,7 @@ unsafe impl lock_api::RawRwLockUpgrade for RawRwLock {
 unsafe impl lock_api::RawRwLockUpgradeDowngrade for RawRwLock {
     unsafe fn downgrade_upgradable(&self) {
         // SAFETY: the caller holds an upgradable lock (the trait's contract).
-        unsafe { self.0.downgrade_upgradable() };
+        let _ = unsafe { self.0.downgrade_upgradable() };
     }
 
     unsafe fn downgrade_to_upgradable(&self) {

@@ -35,7 +35,7 @@ use std::time::Instant;
 use crate::cpu::{self, Place};
 use crate::percpu::{AllocError, LazyPercpu};
 use crate::sys;
-use raw::{Env, RawRwLock};
+use raw::{Entered, Env, RawRwLock};
 
 /// Offsets of the two counts in each slot's 16 bytes.
 const LOCKS: usize = 0;
@@ -492,9 +492,9 @@ impl<T: ?Sized> RwLock<T> {
     /// ```
     #[inline]
     pub fn read(&self) -> RwLockReadGuard<'_, T> {
-        self.raw.read_lock();
-        // SAFETY: read-locked just now.
-        unsafe { RwLockReadGuard::new(self) }
+        let entered = self.raw.read_lock();
+        // SAFETY: read-locked just now, as `entered` says.
+        unsafe { RwLockReadGuard::new(self, entered) }
     }
 
     /// Locks for writing, waiting for other writers and then for every
@@ -527,8 +527,8 @@ impl<T: ?Sized> RwLock<T> {
     /// ```
     #[inline]
     pub fn try_read(&self) -> Option<RwLockReadGuard<'_, T>> {
-        // SAFETY: read-locked if `try_read_lock` says so.
-        self.raw.try_read_lock().then(|| unsafe { RwLockReadGuard::new(self) })
+        // SAFETY: read-locked if `try_read_lock` says so, as it says.
+        self.raw.try_read_lock().map(|entered| unsafe { RwLockReadGuard::new(self, entered) })
     }
 
     /// Locks for writing if no one holds the lock and no writer waits for
@@ -699,6 +699,8 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for RwLock<T> {
 pub struct RwLockReadGuard<'a, T: ?Sized + 'a> {
     data: NonNull<T>,
     raw: &'a RawRwLock<Cpus>,
+    /// How the read lock came in: its unlock then need not look.
+    entered: Entered,
 }
 
 /// The write lock on an [`RwLock`]; the lock is released when it is dropped.
@@ -762,6 +764,7 @@ pub struct RwLockUpgradableReadGuard<'a, T: ?Sized + 'a> {
 pub struct MappedRwLockReadGuard<'a, T: ?Sized + 'a> {
     data: NonNull<T>,
     raw: &'a RawRwLock<Cpus>,
+    entered: Entered,
 }
 
 /// The write lock on part of an [`RwLock`]'s value, from
@@ -787,11 +790,12 @@ unsafe impl<T: ?Sized + Sync> Sync for MappedRwLockWriteGuard<'_, T> {}
 
 impl<'a, T: ?Sized> RwLockReadGuard<'a, T> {
     /// # Safety
-    /// The caller has read-locked `lock`; the guard will unlock it.
-    unsafe fn new(lock: &'a RwLock<T>) -> Self {
+    /// The caller has read-locked `lock`, which came in `entered`; the
+    /// guard will unlock it.
+    unsafe fn new(lock: &'a RwLock<T>, entered: Entered) -> Self {
         // SAFETY: `UnsafeCell::get` never returns null.
         let data = unsafe { NonNull::new_unchecked(lock.data.get()) };
-        RwLockReadGuard { data, raw: &lock.raw }
+        RwLockReadGuard { data, raw: &lock.raw, entered }
     }
 
     /// A guard for a part of the value, keeping the read lock.
@@ -807,13 +811,13 @@ impl<'a, T: ?Sized> RwLockReadGuard<'a, T> {
         // SAFETY: read-locked through `orig`; if `f` panics, `orig` unlocks.
         let data = NonNull::from(f(unsafe { orig.data.as_ref() }));
         let orig = ManuallyDrop::new(orig);
-        MappedRwLockReadGuard { data, raw: orig.raw }
+        MappedRwLockReadGuard { data, raw: orig.raw, entered: orig.entered }
     }
 
     /// The same read lock as a mapped guard of the whole value.
     fn mapped(self) -> MappedRwLockReadGuard<'a, T> {
         let this = ManuallyDrop::new(self);
-        MappedRwLockReadGuard { data: this.data, raw: this.raw }
+        MappedRwLockReadGuard { data: this.data, raw: this.raw, entered: this.entered }
     }
 
     /// A guard for a part of the value if `f` finds one; otherwise the
@@ -839,7 +843,7 @@ impl<'a, T: ?Sized> RwLockReadGuard<'a, T> {
             Some(part) => {
                 let data = NonNull::from(part);
                 let orig = ManuallyDrop::new(orig);
-                Ok(MappedRwLockReadGuard { data, raw: orig.raw })
+                Ok(MappedRwLockReadGuard { data, raw: orig.raw, entered: orig.entered })
             }
             None => Err(orig),
         }
@@ -880,7 +884,7 @@ impl<'a, T: ?Sized> MappedRwLockReadGuard<'a, T> {
     /// The same read lock as a plain guard (the two differ only in name).
     fn unmapped(self) -> RwLockReadGuard<'a, T> {
         let this = ManuallyDrop::new(self);
-        RwLockReadGuard { data: this.data, raw: this.raw }
+        RwLockReadGuard { data: this.data, raw: this.raw, entered: this.entered }
     }
 }
 
@@ -949,8 +953,8 @@ impl<'a, T: ?Sized> RwLockWriteGuard<'a, T> {
         // SAFETY: we hold the write lock, and give it up for a read lock,
         // which the new guard releases.
         unsafe {
-            lock.raw.downgrade();
-            RwLockReadGuard::new(lock)
+            let entered = lock.raw.downgrade();
+            RwLockReadGuard::new(lock, entered)
         }
     }
 
@@ -1047,8 +1051,8 @@ impl<'a, T: ?Sized> RwLockUpgradableReadGuard<'a, T> {
         // SAFETY: we hold the upgradable lock and give it up for a read
         // lock, which the new guard releases.
         unsafe {
-            lock.raw.downgrade_upgradable();
-            RwLockReadGuard::new(lock)
+            let entered = lock.raw.downgrade_upgradable();
+            RwLockReadGuard::new(lock, entered)
         }
     }
 }
@@ -1114,8 +1118,9 @@ impl<T: ?Sized> Deref for RwLockReadGuard<'_, T> {
 impl<T: ?Sized> Drop for RwLockReadGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
-        // SAFETY: the guard stands for a read lock taken from this lock.
-        unsafe { self.raw.read_unlock() };
+        // SAFETY: the guard stands for a read lock taken from this lock,
+        // which came in as `entered` says.
+        unsafe { self.raw.read_unlock_as(self.entered) };
     }
 }
 
@@ -1132,8 +1137,9 @@ impl<T: ?Sized> Deref for MappedRwLockReadGuard<'_, T> {
 impl<T: ?Sized> Drop for MappedRwLockReadGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
-        // SAFETY: the guard stands for a read lock taken from this lock.
-        unsafe { self.raw.read_unlock() };
+        // SAFETY: the guard stands for a read lock taken from this lock,
+        // which came in as `entered` says.
+        unsafe { self.raw.read_unlock_as(self.entered) };
     }
 }
 

@@ -290,6 +290,18 @@ struct Adapt {
     wait: AtomicU32,
 }
 
+/// How a reader came in, which its unlock must know: counted per CPU only,
+/// or in the central count as well. [`RawRwLock::read_lock`] and the other
+/// ways to a read lock return it, so that a guard can hand it to
+/// [`RawRwLock::read_unlock_as`] without looking at `state` again.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Entered {
+    /// Counted per CPU: writers wait for the per-CPU counts to balance.
+    PerCpu,
+    /// Counted per CPU and in `state`'s central count (the central mode).
+    Central,
+}
+
 /// How a writer blocked readers.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Blocked {
@@ -386,47 +398,58 @@ impl<E: Env> RawRwLock<E> {
         }
     }
 
-    /// Takes a read lock, waiting while a writer is around.
+    /// Takes a read lock, waiting while a writer is around. Returns how
+    /// the reader came in, for [`read_unlock_as`](Self::read_unlock_as).
     #[inline]
-    pub(crate) fn read_lock(&self) {
+    pub(crate) fn read_lock(&self) -> Entered {
         let env = &self.hot.env;
         env.count_lock();
         env.light_fence();
         let s = self.hot.state.load(Acquire);
         if s != 0 {
-            self.read_lock_slow(s);
+            return self.read_lock_slow(s);
         }
+        Entered::PerCpu
     }
 
     /// The lock is FENCED (or CENTRAL), or a writer is around.
     #[inline(never)]
-    fn read_lock_slow(&self, s: u32) {
-        if s & WRITER == 0 && self.enter(s, true) {
-            return;
+    fn read_lock_slow(&self, s: u32) -> Entered {
+        if s & WRITER == 0 {
+            if let Some(entered) = self.enter(s, true) {
+                return entered;
+            }
         }
         self.back_off();
         // Registered: the next writer gives us a moment to get in.
         self.cold.parked.fetch_add(1, SeqCst);
         let env = &self.hot.env;
-        loop {
+        let entered = loop {
             self.wait_for_writer();
             env.count_lock();
             env.full_fence();
             let s = self.hot.state.load(Acquire);
-            if s & WRITER == 0 && (s & CENTRAL == 0 || self.enter_central(s, true)) {
-                break;
+            if s & WRITER == 0 {
+                if s & CENTRAL == 0 {
+                    break Entered::PerCpu;
+                }
+                if let Some(entered) = self.enter_central(s, true) {
+                    break entered;
+                }
             }
             self.back_off();
-        }
+        };
         self.cold.parked.fetch_sub(1, Release);
+        entered
     }
 
     /// A reader whose lock is counted found `state` at `s`: not zero, no
-    /// writer. Returns whether it is in; if not (a writer came first), its
-    /// count still stands and it must back off. `patient`: in the central
-    /// mode, wait a while for a writer (not for a `try_read`).
+    /// writer. Returns how it came in; `None` if it is not in (a writer
+    /// came first): its count still stands and it must back off.
+    /// `patient`: in the central mode, wait a while for a writer (not for a
+    /// `try_read`).
     #[inline]
-    fn enter(&self, s: u32, patient: bool) -> bool {
+    fn enter(&self, s: u32, patient: bool) -> Option<Entered> {
         if s & CENTRAL != 0 {
             self.enter_central(s, patient)
         } else {
@@ -437,7 +460,7 @@ impl<E: Env> RawRwLock<E> {
     /// A reader whose lock is counted found FENCED (and no writer): fences
     /// and looks again. Returns as [`enter`](Self::enter).
     #[inline]
-    fn enter_fenced(&self) -> bool {
+    fn enter_fenced(&self) -> Option<Entered> {
         let env = &self.hot.env;
         env.fenced_reader_fence();
         let s = self.hot.state.load(Acquire);
@@ -447,12 +470,12 @@ impl<E: Env> RawRwLock<E> {
         // which calls this, made every fenced read slower.)
         let not_in = if env.counts_centrally() { WRITER | CENTRAL } else { WRITER };
         if s & not_in != 0 {
-            return false;
+            return None;
         }
         if s & NO_BARRIER == 0 && env.clock_due() {
             self.maybe_relax();
         }
-        true
+        Some(Entered::PerCpu)
     }
 
     /// A reader whose lock is counted per CPU found CENTRAL in `state` (at
@@ -465,7 +488,7 @@ impl<E: Env> RawRwLock<E> {
     /// # Panics
     /// With 2^24 - 1 read locks held at once.
     #[inline(never)]
-    fn enter_central(&self, mut s: u32, patient: bool) -> bool {
+    fn enter_central(&self, mut s: u32, patient: bool) -> Option<Entered> {
         let env = &self.hot.env;
         let state = &self.hot.state;
         if env.clock_due() {
@@ -480,7 +503,7 @@ impl<E: Env> RawRwLock<E> {
             // count: wait for it a while without backing off, as a reader
             // of a central lock does.
             if s & WRITER != 0 && (s & CENTRAL == 0 || round >= patience) {
-                return false;
+                return None;
             }
             if s & CENTRAL == 0 {
                 // Readers left the central mode: enter as a fenced reader.
@@ -493,7 +516,7 @@ impl<E: Env> RawRwLock<E> {
             if s & WRITER == 0
                 && state.compare_exchange_weak(s, s + READER, Acquire, Relaxed).is_ok()
             {
-                return true;
+                return Some(Entered::Central);
             }
             // A writer, or a lost race: back off, so that the line stays a
             // while with whoever has it.
@@ -569,41 +592,65 @@ impl<E: Env> RawRwLock<E> {
         self.unlock_writers();
     }
 
-    /// Takes a read lock if no writer is around.
+    /// Takes a read lock if no writer is around; returns how it came in.
     #[inline]
-    pub(crate) fn try_read_lock(&self) -> bool {
+    pub(crate) fn try_read_lock(&self) -> Option<Entered> {
         // Not needed for correctness: keeps callers that retry in a loop
         // from making the writer's sums disagree over and over.
         if self.hot.state.load(Relaxed) & WRITER != 0 {
-            return false;
+            return None;
         }
         let env = &self.hot.env;
         env.count_lock();
         env.light_fence();
         let s = self.hot.state.load(Acquire);
-        if s == 0 || (s & WRITER == 0 && self.enter(s, false)) {
-            return true;
+        if s == 0 {
+            return Some(Entered::PerCpu);
+        }
+        if s & WRITER == 0 {
+            if let Some(entered) = self.enter(s, false) {
+                return Some(entered);
+            }
         }
         self.back_off();
-        false
+        None
     }
 
-    /// Releases a read lock.
+    /// Releases a read lock whose way in the caller does not know (the
+    /// `lock_api` trait's unlock, which carries nothing from the lock).
     ///
     /// # Safety
     /// The caller holds a read lock it took from this lock (on any CPU).
+    #[cfg_attr(not(any(feature = "lock_api", loom)), allow(dead_code))]
     #[inline]
     pub(crate) unsafe fn read_unlock(&self) {
-        let env = &self.hot.env;
-        let state = &self.hot.state;
         // Which way we came in, read before our unlock count: the mode
         // cannot leave CENTRAL while we are counted there, nor become
         // CENTRAL while our per-CPU lock is not counted out. (Once it is, a
         // writer may switch to CENTRAL before our next look.)
-        if state.load(Relaxed) & CENTRAL != 0 {
+        let entered = if self.hot.state.load(Relaxed) & CENTRAL != 0 {
+            Entered::Central
+        } else {
+            Entered::PerCpu
+        };
+        // SAFETY: the caller holds a read lock, which came in as the mode
+        // says (above).
+        unsafe { self.read_unlock_as(entered) };
+    }
+
+    /// Releases a read lock that came in `entered`.
+    ///
+    /// # Safety
+    /// The caller holds a read lock it took from this lock (on any CPU),
+    /// and `entered` is what the call that took it returned.
+    #[inline]
+    pub(crate) unsafe fn read_unlock_as(&self, entered: Entered) {
+        if entered == Entered::Central {
             self.read_unlock_central();
             return;
         }
+        let env = &self.hot.env;
+        let state = &self.hot.state;
         env.count_unlock();
         env.light_fence();
         let s = state.load(Relaxed);
@@ -835,16 +882,17 @@ impl<E: Env> RawRwLock<E> {
     }
 
     /// Turns the write lock into a read lock, letting other readers in and
-    /// no writer.
+    /// no writer. Returns how the read lock came in.
     ///
     /// # Safety
     /// The caller holds the write lock.
-    pub(crate) unsafe fn downgrade(&self) {
+    pub(crate) unsafe fn downgrade(&self) -> Entered {
         // Counted while WRITER is set: the next writer, who takes WLOCKED
         // after we release it, sees this count and waits for its unlock.
-        self.count_own_read_lock();
+        let entered = self.count_own_read_lock();
         // SAFETY: the caller holds the write lock.
         unsafe { self.release_write() };
+        entered
     }
 
     /// Takes an upgradable read lock: the writers' mutex and no read count.
@@ -903,24 +951,28 @@ impl<E: Env> RawRwLock<E> {
     }
 
     /// Turns an upgradable read lock into a read lock, letting writers in
-    /// once this reader leaves.
+    /// once this reader leaves. Returns how the read lock came in.
     ///
     /// # Safety
     /// The caller holds an upgradable read lock of this lock.
-    pub(crate) unsafe fn downgrade_upgradable(&self) {
+    pub(crate) unsafe fn downgrade_upgradable(&self) -> Entered {
         // Counted under the mutex: the next writer, who takes it after we
         // release it, sees this count and waits for its unlock.
-        self.count_own_read_lock();
+        let entered = self.count_own_read_lock();
         self.unlock_writers();
+        entered
     }
 
     /// Counts a read lock for the caller, who holds the writers' mutex (so
     /// the mode cannot change): per CPU, and centrally in the central mode.
-    fn count_own_read_lock(&self) {
+    fn count_own_read_lock(&self) -> Entered {
         self.hot.env.count_lock();
         let state = &self.hot.state;
         if state.load(Relaxed) & CENTRAL != 0 {
             state.fetch_add(READER, Relaxed);
+            Entered::Central
+        } else {
+            Entered::PerCpu
         }
     }
 
