@@ -1619,6 +1619,41 @@ mod tests {
         assert_eq!(lock.env().yields_before_sleep.load(Relaxed), 1);
     }
 
+    /// Each way to a read lock reports how it came in, and an unlock told
+    /// so leaves the counts as they were: the central count in the central
+    /// mode, the per-CPU counts in the others.
+    #[test]
+    fn reads_report_how_they_came_in() {
+        let lock = lock();
+        let readers = |lock: &RawRwLock<Made>| lock.hot.state.load(Relaxed) & READERS;
+        let balanced = |lock: &RawRwLock<Made>| lock.env().locks() == lock.env().unlocks();
+        for mode in [0, FENCED, FENCED | CENTRAL] {
+            lock.hot.state.store(mode, Relaxed);
+            let central = mode & CENTRAL != 0;
+            let want = if central { Entered::Central } else { Entered::PerCpu };
+            let entered = lock.read_lock();
+            assert_eq!(entered, want, "read_lock in state {mode:#x}");
+            assert_eq!(readers(&lock), if central { READER } else { 0 });
+            // SAFETY: read-locked just above, as `entered` says.
+            unsafe { lock.read_unlock_as(entered) };
+            assert_eq!(readers(&lock), 0);
+            assert!(balanced(&lock), "state {mode:#x}");
+            assert_eq!(lock.try_read_lock(), Some(want), "try_read_lock in state {mode:#x}");
+            // SAFETY: read-locked just above, as it said.
+            unsafe { lock.read_unlock_as(want) };
+            lock.write_lock();
+            // SAFETY: write-locked just above.
+            let entered = unsafe { lock.downgrade() };
+            assert_eq!(entered, want, "downgrade in state {mode:#x}");
+            assert_eq!(readers(&lock), if central { READER } else { 0 });
+            // SAFETY: read-locked by the downgrade; the lock's own look at
+            // the mode (the lock_api way) must agree.
+            unsafe { lock.read_unlock() };
+            assert_eq!(readers(&lock), 0);
+            assert!(balanced(&lock), "state {mode:#x}");
+        }
+    }
+
     /// Runs `epochs` epochs of 1 ms, each of 256 writes and as many reads as
     /// `reads(central)` says for the mode the epoch runs in. Returns how
     /// many epochs ran in the central mode.
