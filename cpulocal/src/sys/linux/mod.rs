@@ -6,7 +6,8 @@ pub(crate) mod rseq;
 
 use std::io;
 use std::ptr::{self, NonNull};
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64};
 use std::time::Duration;
 
 /// log2 of the largest region of address space reserved for each CPU.
@@ -70,18 +71,96 @@ pub(crate) fn configured_cpus() -> usize {
 /// 9 us here), and a count gone stale by hotplug only skews the heuristic
 /// that asks.
 pub(crate) fn runnable_threads() -> Option<(usize, usize)> {
-    use std::io::Read;
     static ONLINE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    static LOADAVG: Loadavg = Loadavg::new();
     let online = *ONLINE.get_or_init(|| {
         // SAFETY: sysconf has no preconditions.
         let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
         usize::try_from(n).ok().filter(|&n| n > 0)
     });
-    let mut buf = [0u8; 128];
-    let mut file = std::fs::File::open("/proc/loadavg").ok()?;
-    let len = file.read(&mut buf).ok()?;
-    let runnable = runnable_from(std::str::from_utf8(&buf[..len]).ok()?)?;
+    let runnable = LOADAVG.runnable()?;
     Some((runnable, online?))
+}
+
+/// `/proc/loadavg`, kept open once read: opening, reading and closing it
+/// took 7-10 us on the development VM, on a writer's wait for readers,
+/// where checking and reading an open descriptor (`fstat`, `pread`) takes
+/// about 2 us.
+///
+/// The descriptor is the program's to close, too (a daemon may close every
+/// descriptor it finds), and its number may then name another of the
+/// program's files. So each use first checks that it still names the file
+/// we opened (device and inode, from `fstat`), and `pread` moves no file
+/// offset. A descriptor found closed or reused is forgotten, never closed
+/// (it is not ours any more), and the file opened again.
+struct Loadavg {
+    /// The open descriptor, or -1.
+    fd: AtomicI32,
+    /// `st_dev` and `st_ino` of the file, set before `fd` is published.
+    dev: AtomicU64,
+    ino: AtomicU64,
+}
+
+impl Loadavg {
+    const fn new() -> Self {
+        Loadavg { fd: AtomicI32::new(-1), dev: AtomicU64::new(0), ino: AtomicU64::new(0) }
+    }
+
+    /// The runnable count, through the kept descriptor where it is still
+    /// ours, else through a new one (kept if no other thread kept one
+    /// first).
+    fn runnable(&self) -> Option<usize> {
+        let fd = self.fd.load(Acquire);
+        if fd >= 0 {
+            if identity(fd) == Some((self.dev.load(Relaxed), self.ino.load(Relaxed))) {
+                if let Some(runnable) = runnable_at(fd) {
+                    return Some(runnable);
+                }
+            }
+            let _ = self.fd.compare_exchange(fd, -1, Relaxed, Relaxed);
+        }
+        // SAFETY: a NUL-terminated path and plain flags.
+        let fd = unsafe { libc::open(c"/proc/loadavg".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return None;
+        }
+        let runnable = runnable_at(fd);
+        let kept = match (runnable, identity(fd)) {
+            (Some(_), Some((dev, ino))) => {
+                // Every thread that gets here stores the same two values.
+                self.dev.store(dev, Relaxed);
+                self.ino.store(ino, Relaxed);
+                self.fd.compare_exchange(-1, fd, Release, Relaxed).is_ok()
+            }
+            _ => false,
+        };
+        if !kept {
+            // SAFETY: `fd` was opened above and is known to no one else.
+            unsafe { libc::close(fd) };
+        }
+        runnable
+    }
+}
+
+/// The device and inode of the file `fd` names, if it is open.
+fn identity(fd: i32) -> Option<(u64, u64)> {
+    // SAFETY: fstat writes only the (plain-data) stat buffer; a closed
+    // descriptor makes it fail.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        (libc::fstat(fd, &mut st) == 0).then_some((st.st_dev, st.st_ino))
+    }
+}
+
+/// The runnable count read from the start of `fd`'s file.
+fn runnable_at(fd: i32) -> Option<usize> {
+    let mut buf = [0u8; 128];
+    // SAFETY: `buf` is writable for its length; pread reads at offset 0
+    // without moving the descriptor's offset, and fails on a descriptor
+    // that is closed or cannot seek.
+    let len = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    let len = usize::try_from(len).ok()?;
+    runnable_from(std::str::from_utf8(&buf[..len]).ok()?)
 }
 
 /// The runnable count in a `/proc/loadavg` line: the fourth field is
@@ -254,7 +333,8 @@ pub(crate) fn futex_wake(word: &AtomicU32, n: i32) {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_cpu_list, possible_from, runnable_from, runnable_threads};
+    use super::{parse_cpu_list, possible_from, runnable_from, runnable_threads, Loadavg};
+    use std::sync::atomic::Ordering::Relaxed;
 
     #[test]
     fn cpu_lists() {
@@ -283,6 +363,39 @@ mod tests {
         assert_eq!(runnable_from("0.52 0.58 0.59"), None);
         assert_eq!(runnable_from("0.52 0.58 0.59 x/467 1"), None);
         assert_eq!(runnable_from(""), None);
+    }
+
+    /// The kept descriptor is used again while it names the file, and
+    /// neither read nor closed once the program has put another file at its
+    /// number (here one that reads as an absurd loadavg line).
+    #[test]
+    fn loadavg_descriptor_kept_then_let_go() {
+        let loadavg = Loadavg::new();
+        assert!(loadavg.runnable().is_some());
+        let fd = loadavg.fd.load(Relaxed);
+        assert!(fd >= 0, "kept open");
+        assert!(loadavg.runnable().is_some());
+        assert_eq!(loadavg.fd.load(Relaxed), fd, "used again");
+
+        let path = std::env::temp_dir().join(format!("cpulocal-loadavg-{}", std::process::id()));
+        std::fs::write(&path, "0.00 0.00 0.00 999999/999999 1\n").unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        // The program reuses the number: dup2 replaces our file there at
+        // once, so no other thread can have been given the number between.
+        // SAFETY: both descriptors are open; `fd` is this test's to replace.
+        assert_eq!(unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&file), fd) }, fd);
+        let runnable = loadavg.runnable().expect("opened again");
+        assert!(runnable < 999_999, "read the program's file: {runnable}");
+        let again = loadavg.fd.load(Relaxed);
+        assert!(again >= 0 && again != fd, "a new descriptor is kept");
+        // SAFETY: `fd` now holds this test's file, which was not closed.
+        assert_eq!(unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) }, 0, "offset untouched");
+        // SAFETY: both are this test's: the program's copy and the new one.
+        unsafe {
+            libc::close(fd);
+            libc::close(again);
+        }
     }
 
     #[test]
