@@ -63,11 +63,55 @@ static USE_MEMBARRIER: AtomicU8 = AtomicU8::new(0);
 
 #[cold]
 fn decide_membarrier() -> bool {
-    let var = std::env::var("CPULOCAL_MEMBARRIER").unwrap_or_default();
-    let off = matches!(var.trim(), "0" | "off" | "no" | "false");
-    let yes = !off && sys::membarrier::available();
-    USE_MEMBARRIER.store(if yes { YES } else { NO }, Ordering::Relaxed);
+    let yes = !membarrier_disabled() && sys::membarrier::available();
+    USE_MEMBARRIER.store(if yes { YES } else { NO }, Ordering::Release);
     yes
+}
+
+fn membarrier_disabled() -> bool {
+    let var = std::env::var("CPULOCAL_MEMBARRIER").unwrap_or_default();
+    matches!(var.trim(), "0" | "off" | "no" | "false")
+}
+
+/// Whether [`use_membarrier`] is still being decided, on a thread of its
+/// own, which the first call starts.
+///
+/// Registering for `membarrier` waits for an RCU grace period once the
+/// process has more than one thread: 10-18 ms on the development VM (14
+/// us in a single-threaded process). Decided on the spot, that stalled
+/// whoever asked first: a writer, or a reader relaxing a quiet lock while
+/// holding the writers' mutex. Until the answer is in, locks keep their
+/// readers fenced, which needs no barrier. Where no thread can be started,
+/// the caller decides on the spot as before.
+#[inline]
+fn membarrier_pending() -> bool {
+    match USE_MEMBARRIER.load(Ordering::Acquire) {
+        YES | NO => false,
+        _ => start_deciding_membarrier(),
+    }
+}
+
+/// The process (by id) whose thread decides [`use_membarrier`]; a child
+/// after `fork` has no such thread, and starts its own.
+static DECIDING_IN: AtomicU32 = AtomicU32::new(0);
+
+#[cold]
+fn start_deciding_membarrier() -> bool {
+    if membarrier_disabled() {
+        USE_MEMBARRIER.store(NO, Ordering::Release);
+        return false;
+    }
+    let pid = std::process::id();
+    if DECIDING_IN.swap(pid, Ordering::Relaxed) == pid {
+        return USE_MEMBARRIER.load(Ordering::Acquire) == 0;
+    }
+    let started =
+        std::thread::Builder::new().name("cpulocal-membarrier".into()).spawn(decide_membarrier);
+    if started.is_err() {
+        decide_membarrier();
+        return false;
+    }
+    true
 }
 
 /// The readers' mode pinned by `CPULOCAL_RWLOCK_MODE`: `central` or
@@ -260,6 +304,11 @@ impl Env for Cpus {
     #[inline]
     fn has_heavy_barrier(&self) -> bool {
         use_membarrier()
+    }
+
+    #[inline]
+    fn heavy_barrier_pending(&self) -> bool {
+        membarrier_pending()
     }
 
     fn crowded(&self) -> bool {

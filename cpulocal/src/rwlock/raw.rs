@@ -218,6 +218,14 @@ pub(crate) trait Env {
     fn heavy_barrier(&self) -> bool;
     /// Whether [`Env::heavy_barrier`] exists in this process.
     fn has_heavy_barrier(&self) -> bool;
+    /// Whether that is still being found out (in the background): until
+    /// it is, locks keep their readers fenced, and [`has_heavy_barrier`]
+    /// would have to wait for the answer.
+    ///
+    /// [`has_heavy_barrier`]: Env::has_heavy_barrier
+    fn heavy_barrier_pending(&self) -> bool {
+        false
+    }
     /// Whether more threads want the CPUs than there are, by a margin: a
     /// thread that yields is then likely followed by others than the one
     /// it waits for. False where that cannot be told.
@@ -580,7 +588,7 @@ impl<E: Env> RawRwLock<E> {
     /// process has no heavy barrier.
     #[cold]
     fn maybe_relax(&self) {
-        if !self.lock_writers_when_quiet() {
+        if self.hot.env.heavy_barrier_pending() || !self.lock_writers_when_quiet() {
             return;
         }
         let state = &self.hot.state;
@@ -1258,7 +1266,8 @@ impl<E: Env> RawRwLock<E> {
     /// The bits a fenced write sets in `state` (now `s`): WRITER, and
     /// NO_BARRIER for good once the process has no heavy barrier.
     fn fenced_write_bits(&self, s: u32) -> u32 {
-        let gone = s & NO_BARRIER == 0 && !self.hot.env.has_heavy_barrier();
+        let env = &self.hot.env;
+        let gone = s & NO_BARRIER == 0 && !env.heavy_barrier_pending() && !env.has_heavy_barrier();
         WRITER | if gone { NO_BARRIER } else { 0 }
     }
 
@@ -1481,6 +1490,8 @@ mod tests {
         yields_before_sleep: AtomicU32,
         /// Heavy barriers, sleeps and brief sleeps, in order.
         events: std::sync::Mutex<Vec<&'static str>>,
+        /// Whether the heavy barrier is still being found out.
+        pending: std::sync::atomic::AtomicBool,
     }
 
     impl<const S: u32> Made<S> {
@@ -1515,7 +1526,15 @@ mod tests {
             true
         }
         fn has_heavy_barrier(&self) -> bool {
+            // The real answer would be waited for.
+            assert!(
+                !self.pending.load(Relaxed),
+                "asked whether there is a heavy barrier while pending"
+            );
             true
+        }
+        fn heavy_barrier_pending(&self) -> bool {
+            self.pending.load(Relaxed)
         }
         fn crowded(&self) -> bool {
             false
@@ -1606,6 +1625,31 @@ mod tests {
         assert!(events.len() >= 3, "the writer slept fewer than twice: {events:?}");
         let first = &events[..3];
         assert_eq!(first, ["brief sleep", "barrier", "sleep"], "the writer's first events");
+    }
+
+    /// While the process is still finding out whether it has a heavy
+    /// barrier, a quiet lock keeps its readers fenced and writes leave
+    /// NO_BARRIER clear, without waiting for the answer; once it is in,
+    /// the lock relaxes when writes have stopped for the window.
+    #[test]
+    fn readers_stay_fenced_while_the_heavy_barrier_is_pending() {
+        let lock = lock();
+        lock.env().pending.store(true, Relaxed);
+        lock.maybe_relax();
+        assert_eq!(lock.reader_mode(), "fence");
+        lock.write_lock();
+        // SAFETY: write-locked just above.
+        unsafe { lock.write_unlock() };
+        assert_eq!(lock.hot.state.load(Relaxed) & (NO_BARRIER | FENCED), FENCED);
+        lock.maybe_relax();
+        lock.env().clock.fetch_add(MIN_FENCED_NS + 1, Relaxed);
+        lock.maybe_relax();
+        assert_eq!(lock.reader_mode(), "fence");
+        lock.env().pending.store(false, Relaxed);
+        lock.maybe_relax();
+        lock.env().clock.fetch_add(MIN_FENCED_NS + 1, Relaxed);
+        lock.maybe_relax();
+        assert_eq!(lock.reader_mode(), "no fence");
     }
 
     /// A reader that meets a writer holding the lock sleeps after its
