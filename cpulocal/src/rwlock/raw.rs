@@ -864,9 +864,14 @@ impl<E: Env> RawRwLock<E> {
     /// The caller holds the write lock.
     #[inline]
     pub(crate) unsafe fn write_unlock(&self) {
-        if self.hot.env.switch_every_write() {
+        let env = &self.hot.env;
+        if env.switch_every_write() {
             self.switch_mode();
-        } else if self.cold.writes.load(Relaxed).is_multiple_of(EPOCH_WRITES) {
+        } else if self.cold.writes.load(Relaxed).is_multiple_of(EPOCH_WRITES)
+            || env.pinned_mode().is_some_and(|central| central != self.is_central())
+        {
+            // A pinned mode takes effect at the first write, whatever the
+            // count of writes then.
             self.adapt();
         }
         // SAFETY: the caller holds the write lock.
@@ -1367,6 +1372,11 @@ impl<E: Env> RawRwLock<E> {
     /// from the per-CPU mode to the central one or back. No reader is
     /// inside, and every reader that looks at `state` from here on sees
     /// WRITER or the new mode.
+    /// Whether readers now count centrally.
+    fn is_central(&self) -> bool {
+        self.hot.state.load(Relaxed) & CENTRAL != 0
+    }
+
     fn switch_mode(&self) {
         let state = &self.hot.state;
         if state.load(Relaxed) & CENTRAL != 0 {
@@ -1492,6 +1502,8 @@ mod tests {
         events: std::sync::Mutex<Vec<&'static str>>,
         /// Whether the heavy barrier is still being found out.
         pending: std::sync::atomic::AtomicBool,
+        /// Whether the process pinned the central mode.
+        pinned_central: std::sync::atomic::AtomicBool,
     }
 
     impl<const S: u32> Made<S> {
@@ -1535,6 +1547,9 @@ mod tests {
         }
         fn heavy_barrier_pending(&self) -> bool {
             self.pending.load(Relaxed)
+        }
+        fn pinned_mode(&self) -> Option<bool> {
+            self.pinned_central.load(Relaxed).then_some(true)
         }
         fn crowded(&self) -> bool {
             false
@@ -1650,6 +1665,23 @@ mod tests {
         lock.env().clock.fetch_add(MIN_FENCED_NS + 1, Relaxed);
         lock.maybe_relax();
         assert_eq!(lock.reader_mode(), "no fence");
+    }
+
+    /// A mode pinned by the process takes effect at the lock's first
+    /// write, in whichever mode that write finds the lock.
+    #[test]
+    fn a_pinned_mode_takes_effect_at_the_first_write() {
+        for unfenced in [false, true] {
+            let lock = lock();
+            lock.env().pinned_central.store(true, Relaxed);
+            if unfenced {
+                lock.hot.state.fetch_and(!FENCED, Relaxed);
+            }
+            lock.write_lock();
+            // SAFETY: write-locked just above.
+            unsafe { lock.write_unlock() };
+            assert_eq!(lock.reader_mode(), "central", "first write found it unfenced: {unfenced}");
+        }
     }
 
     /// A reader that meets a writer holding the lock sleeps after its
