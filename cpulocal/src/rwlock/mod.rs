@@ -391,7 +391,11 @@ impl Env for Cpus {
 ///   every few milliseconds waits about as long as with a plain lock. Once
 ///   writes have stopped for 20 ms (or nine times what the barrier cost, if
 ///   more), readers drop the fence again. Where `membarrier` is
-///   unavailable, readers always fence.
+///   unavailable, readers always fence. Whether it is available is found
+///   out once per process, on a short-lived thread (`cpulocal-membarrier`)
+///   that the first lock to ask starts, since registering takes
+///   milliseconds in a process with threads; locks keep their readers
+///   fenced until then.
 /// - When writes are so frequent that walking every CPU's counts costs more
 ///   than sharing one count (many writes, and cache lines that pass slowly
 ///   between CPUs), readers also count in the lock word, as a central
