@@ -864,14 +864,13 @@ impl<E: Env> RawRwLock<E> {
     /// The caller holds the write lock.
     #[inline]
     pub(crate) unsafe fn write_unlock(&self) {
-        let env = &self.hot.env;
-        if env.switch_every_write() {
+        let writes = self.cold.writes.load(Relaxed);
+        if self.hot.env.switch_every_write() {
             self.switch_mode();
-        } else if self.cold.writes.load(Relaxed).is_multiple_of(EPOCH_WRITES)
-            || env.pinned_mode().is_some_and(|central| central != self.is_central())
-        {
-            // A pinned mode takes effect at the first write, whatever the
-            // count of writes then.
+        } else if writes.is_multiple_of(EPOCH_WRITES) || writes == 1 {
+            // Also at the first write counted (one that found the lock
+            // unfenced is not, and leaves 0): a mode the process pinned
+            // takes effect at the lock's first write.
             self.adapt();
         }
         // SAFETY: the caller holds the write lock.
@@ -1372,11 +1371,6 @@ impl<E: Env> RawRwLock<E> {
     /// from the per-CPU mode to the central one or back. No reader is
     /// inside, and every reader that looks at `state` from here on sees
     /// WRITER or the new mode.
-    /// Whether readers now count centrally.
-    fn is_central(&self) -> bool {
-        self.hot.state.load(Relaxed) & CENTRAL != 0
-    }
-
     fn switch_mode(&self) {
         let state = &self.hot.state;
         if state.load(Relaxed) & CENTRAL != 0 {
