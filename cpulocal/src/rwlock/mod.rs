@@ -95,15 +95,19 @@ fn membarrier_pending() -> bool {
 /// after `fork` has no such thread, and starts its own.
 static DECIDING_IN: AtomicU32 = AtomicU32::new(0);
 
+/// Asked on every clock check and fenced write until the answer is in:
+/// once a thread of this process decides, that costs a `getpid` and two
+/// loads; only the caller that starts the thread reads the environment.
 #[cold]
 fn start_deciding_membarrier() -> bool {
+    let pid = std::process::id();
+    if DECIDING_IN.load(Ordering::Relaxed) == pid || DECIDING_IN.swap(pid, Ordering::Relaxed) == pid
+    {
+        return USE_MEMBARRIER.load(Ordering::Acquire) == 0;
+    }
     if membarrier_disabled() {
         USE_MEMBARRIER.store(NO, Ordering::Release);
         return false;
-    }
-    let pid = std::process::id();
-    if DECIDING_IN.swap(pid, Ordering::Relaxed) == pid {
-        return USE_MEMBARRIER.load(Ordering::Acquire) == 0;
     }
     let started =
         std::thread::Builder::new().name("cpulocal-membarrier".into()).spawn(decide_membarrier);
