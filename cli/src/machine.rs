@@ -50,13 +50,26 @@ pub fn online_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// The processor's name, and on x86 its family, model and stepping: a VM's
+/// name ("AMD EPYC") can stand for processors of different generations,
+/// whose costs differ: the development VM's restartable add took 0.4 ns
+/// in one release's full run and 1.4 ns on family 25, model 1.
 fn cpu_model() -> Option<String> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    ["model name", "Hardware", "cpu model", "Model", "CPU part"].iter().find_map(|key| {
+    let field = |key: &str| {
         info.lines().find_map(|line| {
             let (k, v) = line.split_once(':')?;
-            (k.trim() == *key && !v.trim().is_empty()).then(|| v.trim().to_string())
+            (k.trim() == key && !v.trim().is_empty()).then(|| v.trim().to_string())
         })
+    };
+    let name = ["model name", "Hardware", "cpu model", "Model", "CPU part"]
+        .iter()
+        .find_map(|key| field(key))?;
+    Some(match (field("cpu family"), field("model"), field("stepping")) {
+        (Some(family), Some(model), Some(stepping)) => {
+            format!("{name} (family {family}, model {model}, stepping {stepping})")
+        }
+        _ => name,
     })
 }
 
