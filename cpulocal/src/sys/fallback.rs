@@ -74,12 +74,14 @@ impl Reservation {
         Ok(())
     }
 
-    /// Portable code cannot give pages back: does nothing.
+    /// Portable code cannot give pages back: does nothing, and returns
+    /// false (the range keeps its contents).
     ///
     /// # Safety
     /// Nothing in the range is in use.
-    pub(crate) unsafe fn release(&self, offset: usize, len: usize) {
+    pub(crate) unsafe fn release(&self, offset: usize, len: usize) -> bool {
         assert!(offset.checked_add(len).is_some_and(|end| end <= self.layout.size()));
+        false
     }
 }
 

@@ -248,17 +248,18 @@ impl Reservation {
 impl Reservation {
     /// Gives the pages of `[offset, offset + len)` (page-aligned) back to the
     /// system: they stay readable and writable and read as zero again,
-    /// costing memory only once touched again.
+    /// costing memory only once touched again. Returns whether that
+    /// happened; on failure the pages stay resident, contents and all.
     ///
     /// # Safety
     /// Nothing in the range is in use: its contents are discarded.
-    pub(crate) unsafe fn release(&self, offset: usize, len: usize) {
+    pub(crate) unsafe fn release(&self, offset: usize, len: usize) -> bool {
         assert!(offset.checked_add(len).is_some_and(|end| end <= self.len));
-        // SAFETY: the range lies inside our own mapping (checked above) and
-        // the caller guarantees nobody uses its contents. On failure the
-        // pages merely stay resident.
+        // SAFETY: the range lies inside our own private anonymous mapping
+        // (checked above), where MADV_DONTNEED makes pages read zero, and
+        // the caller guarantees nobody uses its contents.
         unsafe {
-            libc::madvise(self.base.as_ptr().add(offset).cast(), len, libc::MADV_DONTNEED);
+            libc::madvise(self.base.as_ptr().add(offset).cast(), len, libc::MADV_DONTNEED) == 0
         }
     }
 }
