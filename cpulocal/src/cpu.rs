@@ -76,8 +76,9 @@ fn info() -> &'static Info {
 fn detect() -> Info {
     let possible = sys::possible_cpus();
     let count = possible_override().or(possible).unwrap_or_else(sys::configured_cpus).max(1);
-    let forced = std::env::var("CPULOCAL_BACKEND").ok();
-    let start = match forced.as_deref().map(str::trim) {
+    // Any case: `RSEQ` and `Getcpu` name backends as well.
+    let forced = std::env::var("CPULOCAL_BACKEND").ok().map(|v| v.trim().to_ascii_lowercase());
+    let start = match forced.as_deref() {
         None | Some("") | Some("auto") | Some("rseq") => Backend::Rseq,
         Some("getcpu") => Backend::Getcpu,
         Some("fallback") => Backend::Fallback,

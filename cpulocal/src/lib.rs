@@ -55,13 +55,13 @@
 //! Each is read once, the first time it matters. They exist for tests and
 //! benchmarks; a program does not need them. An unknown value of
 //! `CPULOCAL_BACKEND`, `CPULOCAL_POSSIBLE_CPUS` or `CPULOCAL_RWLOCK_MODE` is reported on standard
-//! error and ignored.
+//! error and ignored. Names are read in any case (`RSEQ`, `Central`).
 //!
 //! | variable | values | effect |
 //! |---|---|---|
 //! | `CPULOCAL_BACKEND` | `rseq` (default), `getcpu`, `fallback` | where CPU ids come from ([`cpu::Backend`]). If the one asked for is unavailable, the next one down the list is used. |
 //! | `CPULOCAL_MEMBARRIER` | `0`, `off`, `no`, `false` | [`RwLock`] readers use a full fence instead of relying on the writer's `membarrier` (the fallback used where `membarrier` is missing). |
-//! | `CPULOCAL_RWLOCK_MODE` | `central`, `per-cpu` | [`RwLock`] readers use that mode (from the lock's 256th write on) instead of the one its writers measure as faster. |
+//! | `CPULOCAL_RWLOCK_MODE` | `central`, `per-cpu` | [`RwLock`] readers use that mode (from the lock's first write on) instead of the one its writers measure as faster. |
 //! | `CPULOCAL_POSSIBLE_CPUS` | `1` to `65536` | pretend that many CPU ids are possible ([`cpu::count`]), to simulate a larger or smaller machine. Below the real count, CPUs the kernel reports fall outside the per-CPU arrays; not for production use. |
 #![warn(missing_docs, missing_debug_implementations)]
 #![warn(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]

@@ -137,3 +137,13 @@ fn unknown_backend_name_falls_back_to_automatic() {
         &[("CPULOCAL_BACKEND", "bogus")],
     );
 }
+
+/// Backend names are read in any case: `FALLBACK` forces the fallback.
+#[test]
+fn backend_names_are_read_in_any_case() {
+    if common::is_child() {
+        assert_eq!(cpu::backend(), Backend::Fallback);
+        return;
+    }
+    common::in_child("backend_names_are_read_in_any_case", &[("CPULOCAL_BACKEND", " FallBack ")]);
+}

@@ -70,7 +70,7 @@ fn decide_membarrier() -> bool {
 
 fn membarrier_disabled() -> bool {
     let var = std::env::var("CPULOCAL_MEMBARRIER").unwrap_or_default();
-    matches!(var.trim(), "0" | "off" | "no" | "false")
+    matches!(var.trim().to_ascii_lowercase().as_str(), "0" | "off" | "no" | "false")
 }
 
 /// Whether [`use_membarrier`] is still being decided, on a thread of its
@@ -127,7 +127,8 @@ const CENTRAL: u8 = 3;
 
 #[cold]
 fn decide_pinned_mode() -> u8 {
-    let mode = match std::env::var("CPULOCAL_RWLOCK_MODE").as_deref().map(str::trim) {
+    let var = std::env::var("CPULOCAL_RWLOCK_MODE").map(|v| v.trim().to_ascii_lowercase());
+    let mode = match var.as_deref() {
         Err(_) | Ok("") => MEASURED,
         Ok("central") => CENTRAL,
         Ok("per-cpu" | "percpu") => PER_CPU,
