@@ -274,7 +274,9 @@ impl Counter {
     /// c.add(4);
     /// let shares: Vec<(usize, u64)> = c.per_cpu().collect();
     /// assert_eq!(shares.len(), cpulocal::cpu::count() + 1);
-    /// assert_eq!(shares.iter().map(|&(_, v)| v).sum::<u64>(), 4);
+    /// // Shares wrap (see above): add them as `sum` does, wrapping.
+    /// let total = shares.iter().fold(0u64, |t, &(_, v)| t.wrapping_add(v));
+    /// assert_eq!(total, 4);
     /// ```
     pub fn per_cpu(&self) -> impl ExactSizeIterator<Item = (usize, u64)> + '_ {
         let words = self.words();

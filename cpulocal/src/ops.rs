@@ -176,7 +176,8 @@ impl PercpuU64 {
     /// let w = cpulocal::ops::PercpuU64::new();
     /// w.add(3);
     /// assert_eq!(w.iter().len(), cpulocal::cpu::count() + 1);
-    /// assert_eq!(w.iter().map(|(_, v)| v).sum::<u64>(), 3);
+    /// // A word a thread subtracted from wraps: add them wrapping.
+    /// assert_eq!(w.iter().fold(0u64, |t, (_, v)| t.wrapping_add(v)), 3);
     /// ```
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (usize, u64)> + '_ {
         let words = self.words();

@@ -59,12 +59,17 @@
 //!   Waiting for a call to the function's own CPU, which could never run,
 //!   returns [`XcallError::WouldDeadlock`] instead.
 //! - Only CPUs in the process's affinity mask ([`cpu::allowed`]) can be
-//!   reached. If a CPU leaves it after its service thread started (taken
-//!   offline, removed from the cpuset), later calls to it are not run and
-//!   their tickets say [`XcallError::CpuNotAllowed`]; the kernel may even
-//!   move the thread while a function is running.
-//! - Service threads do not survive `fork`: in a child that does not `exec`,
-//!   calls to CPUs used before the fork never run.
+//!   reached, so that a program started on some CPUs (`taskset`, a
+//!   scheduler's placement) does not run code elsewhere through its
+//!   library. That mask is the main thread's: a program that pins its main
+//!   thread to one CPU narrows what cross-calls reach to that CPU; pin
+//!   another thread instead. If a CPU leaves the mask after its service
+//!   thread started (taken offline, removed from the cpuset), later calls
+//!   to it are not run and their tickets say [`XcallError::CpuNotAllowed`];
+//!   the kernel may even move the thread while a function is running.
+//! - Service threads do not survive `fork`: a child that calls a CPU starts
+//!   that CPU's thread anew (the parent's are forgotten), so cross-calls
+//!   work there too; calls the parent had queued do not run in the child.
 //! - Pending functions do not run if the process exits first.
 //! - Platforms without thread affinity (the portable fallback, Miri) return
 //!   [`XcallError::Unsupported`].
@@ -102,7 +107,8 @@ pub enum XcallError {
         count: usize,
     },
     /// The process may not run on this CPU: it is not in the affinity mask
-    /// ([`cpu::allowed`]), or it is offline or outside the cpuset. From a
+    /// ([`cpu::allowed`], the main thread's), or it is offline or outside
+    /// the cpuset. From a
     /// [`Ticket`]: the CPU became unreachable and the function was not run.
     CpuNotAllowed {
         /// The CPU asked for.
@@ -156,7 +162,13 @@ impl fmt::Display for XcallError {
             XcallError::NoSuchCpu { cpu, count } => {
                 write!(f, "CPU {cpu} does not exist (cpu::count() is {count})")
             }
-            XcallError::CpuNotAllowed { cpu } => write!(f, "the process may not run on CPU {cpu}"),
+            XcallError::CpuNotAllowed { cpu } => {
+                write!(
+                    f,
+                    "CPU {cpu} cannot be used: outside the process's affinity mask \
+                     (its main thread's), offline, or outside the cpuset"
+                )
+            }
             XcallError::Unsupported => {
                 f.write_str("cross-calls need thread affinity, which this platform lacks")
             }

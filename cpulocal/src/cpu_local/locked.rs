@@ -75,6 +75,12 @@ fn default_locked<T: Default>(_cpu: usize) -> Locked<T> {
 /// on one value. Each CPU's value carries a `std::sync::Mutex<()>` (8 bytes
 /// on Linux, then padding to `T`'s alignment).
 ///
+/// There is no poisoning (as in parking_lot): a thread that panics while
+/// holding a CPU's value leaves it as the panic left it, and the next
+/// [`lock`](Self::lock) or [`lock_on`](Self::lock_on) gets it as it is.
+/// Code whose updates must not be seen half done should catch the panic
+/// and repair the value, or build the new value aside and swap it in.
+///
 /// Like [`CpuLocal`], [`new`](Self::new) is a `const fn` whose values are
 /// built on first use, and it can be shared between threads when `T: Send`
 /// (as a `Mutex<T>` can).
