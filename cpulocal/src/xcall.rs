@@ -229,6 +229,37 @@ where
     Ok(Ticket { done })
 }
 
+/// Runs `f` on `cpu` and returns what it returned: [`unicast`], then
+/// [`Ticket::wait`], with the value brought back.
+///
+/// ```
+/// use cpulocal::{cpu, xcall};
+///
+/// let target = cpu::allowed().unwrap()[0];
+/// assert_eq!(xcall::call(target, cpu::current).unwrap(), target);
+/// assert_eq!(xcall::call(target, || 6 * 7).unwrap(), 42);
+/// ```
+///
+/// # Errors
+/// As [`unicast`] (nothing ran), or as [`Ticket::wait`] (`f` panicked, or
+/// its CPU became unreachable before it ran; waiting from `cpu`'s own
+/// service thread is [`XcallError::WouldDeadlock`]).
+pub fn call<F, R>(cpu: usize, f: F) -> Result<R, XcallError>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let (tx, rx) = mpsc::sync_channel(1);
+    let ticket = unicast(cpu, move || {
+        // The receiver lives until the ticket is done: this cannot fail.
+        let _ = tx.send(f());
+    })?;
+    ticket.wait()?;
+    // A ticket that finished without error ran `f`, which sent its value
+    // before the ticket was marked done.
+    rx.recv().map_err(|_| XcallError::System(format!("the call on CPU {cpu} returned nothing")))
+}
+
 /// Runs `f(cpu)` on every CPU in [`cpu::allowed()`], each on that CPU's
 /// service thread. The one [`Ticket`] completes when all of them have run.
 ///

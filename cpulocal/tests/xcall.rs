@@ -369,3 +369,24 @@ fn public_types_are_thread_safe_errors_and_debug() {
         assert!(!e.to_string().is_empty());
     }
 }
+
+/// `call` brings back the function's value from the CPU it ran on, and
+/// its failures as `unicast` and `wait` report them.
+#[test]
+fn call_returns_the_value_from_the_cpu() {
+    for cpu in allowed() {
+        assert_eq!(xcall::call(cpu, cpu::current).unwrap(), cpu);
+        let v = xcall::call(cpu, move || vec![cpu; 3]).unwrap();
+        assert_eq!(v, vec![cpu; 3]);
+    }
+    let cpu = allowed()[0];
+    assert_eq!(
+        xcall::call(cpu, || -> u32 { panic!("on purpose") }),
+        Err(XcallError::Panicked { cpu })
+    );
+    let count = cpu::count();
+    assert_eq!(xcall::call(count, || 1), Err(XcallError::NoSuchCpu { cpu: count, count }));
+    // From inside a call to that same CPU: refused, not a hang.
+    let nested = xcall::call(cpu, move || xcall::call(cpu, || 1)).unwrap();
+    assert_eq!(nested, Err(XcallError::WouldDeadlock { cpu }));
+}
