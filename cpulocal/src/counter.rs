@@ -146,12 +146,12 @@ impl Counter {
     #[cold]
     #[inline(never)]
     fn add_slow(&self, n: u64) {
-        match self.words.get_or_alloc() {
-            Ok(words) => {
+        match self.words.get_or_try_alloc() {
+            Some(words) => {
                 words.add(n);
                 cpu::arm_fast_path();
             }
-            Err(_) => {
+            None => {
                 self.fallback.fetch_add(n, Ordering::Relaxed);
             }
         }

@@ -364,6 +364,19 @@ impl LazyWords {
         // SAFETY: as in `get`.
         Ok(unsafe { Words::new(ptr0) })
     }
+
+    /// As [`get_or_alloc`](Self::get_or_alloc), for callers with a way to
+    /// go on without the words: `None` at once, building no error, while
+    /// the system's refusal of the regions stands.
+    pub(crate) fn get_or_try_alloc(&self) -> Option<Words> {
+        if let Some(words) = self.get() {
+            return Some(words);
+        }
+        if crate::region::refusal_stands() {
+            return None;
+        }
+        self.get_or_alloc().ok()
+    }
 }
 
 /// Adds `value` to the current CPU's copy of the lazily allocated per-CPU

@@ -345,7 +345,8 @@ impl LazyPtr {
 /// and a test for null. Threads that race to the
 /// first use each allocate; one publishes its allocation and the others
 /// free theirs, so every thread sees the same zero-filled copies. A failed
-/// allocation is not remembered: the next use tries again.
+/// allocation is not remembered here (the regions remember a refused
+/// reservation for a moment, see `region`): the next use tries again.
 pub(crate) struct LazyPercpu {
     ptr: LazyPtr,
     size: usize,
@@ -385,6 +386,18 @@ impl LazyPercpu {
     #[cold]
     fn alloc_slow(&self) -> Result<NonNull<u8>, AllocError> {
         publish_lazily(&self.ptr, self.size, self.align)
+    }
+
+    /// As [`get_or_alloc`](Self::get_or_alloc), for callers with a way to
+    /// go on without the memory: `None` at once, building no error, while
+    /// the system's refusal of the regions stands.
+    #[inline]
+    pub(crate) fn get_or_try_alloc(&self) -> Option<NonNull<u8>> {
+        match self.get() {
+            Some(ptr0) => Some(ptr0),
+            None if region::refusal_stands() => None,
+            None => self.alloc_slow().ok(),
+        }
     }
 
     /// The copy in `slot` (a CPU id or [`cpu::spill_slot`]) of slot 0's copy

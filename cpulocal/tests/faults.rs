@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cpulocal::cpu::{self, Backend};
 use cpulocal::ops::{Node, PercpuStack, PercpuU64};
@@ -533,8 +533,9 @@ fn dlclose_after_restartable_sequences() {
 }
 
 /// The address space limited (`RLIMIT_AS`) below what the full 1 GiB-per-CPU
-/// reservation needs: allocation must retry with smaller regions, and a
-/// refusal must not be remembered once the limit is raised again.
+/// reservation needs: allocation must retry with smaller regions; a refusal
+/// is repeated at once for the next 100 ms (each try is a dozen `mmap`
+/// calls), and not remembered after that.
 #[test]
 fn rlimit_as_too_small_for_the_full_reservation() {
     if !common::is_child() {
@@ -557,9 +558,16 @@ fn rlimit_as_too_small_for_the_full_reservation() {
     // error, not a panic or an abort.
     set_limit(vm_now + (slots << 20) / 2);
     let err = Counter::try_new().expect_err("allocation must fail with no address space");
+    let refused = Instant::now();
     assert!(err.to_string().contains("address space"), "{err}");
-    // Then: room for half-sized regions but not full ones.
+    // Then: room for half-sized regions but not full ones. Right after the
+    // refusal, it stands (with the same message) without a new try.
     set_limit(vm_now + slots * (1 << 29) + (64 << 20));
+    let again = Counter::try_new();
+    if refused.elapsed() < Duration::from_millis(50) {
+        assert_eq!(again.err(), Some(err), "a refusal 100 ms old is not tried again");
+    }
+    thread::sleep(Duration::from_millis(150));
     let c = Counter::try_new().expect("retry with smaller regions, not the cached error");
     let reserved = cpulocal::percpu::stats().reserved;
     assert!((1 << 20..1 << 30).contains(&reserved), "reserved {reserved} per CPU");

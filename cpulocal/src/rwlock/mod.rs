@@ -208,7 +208,7 @@ impl Cpus {
     #[cold]
     #[inline(never)]
     fn add_cold(&self, offset: usize, order: Ordering) {
-        if self.counts.get_or_alloc().is_ok() {
+        if self.counts.get_or_try_alloc().is_some() {
             self.add(offset, order);
             cpu::arm_fast_path();
         } else {
