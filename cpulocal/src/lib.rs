@@ -55,7 +55,9 @@
 //! Each is read once, the first time it matters. They exist for tests and
 //! benchmarks; a program does not need them. An unknown value of
 //! `CPULOCAL_BACKEND`, `CPULOCAL_POSSIBLE_CPUS` or `CPULOCAL_RWLOCK_MODE` is reported on standard
-//! error and ignored. Names are read in any case (`RSEQ`, `Central`).
+//! error and ignored, as is one of `CPULOCAL_MEMBARRIER` (which also takes
+//! `1`, `on`, `yes`, `true`: the default). Names are read in any case
+//! (`RSEQ`, `Central`).
 //!
 //! | variable | values | effect |
 //! |---|---|---|

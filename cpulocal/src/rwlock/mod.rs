@@ -68,9 +68,22 @@ fn decide_membarrier() -> bool {
     yes
 }
 
+/// `CPULOCAL_MEMBARRIER`, read once (an unknown value is reported once).
 fn membarrier_disabled() -> bool {
-    let var = std::env::var("CPULOCAL_MEMBARRIER").unwrap_or_default();
-    matches!(var.trim().to_ascii_lowercase().as_str(), "0" | "off" | "no" | "false")
+    static DISABLED: OnceLock<bool> = OnceLock::new();
+    *DISABLED.get_or_init(|| {
+        let var = std::env::var("CPULOCAL_MEMBARRIER").unwrap_or_default();
+        match var.trim().to_ascii_lowercase().as_str() {
+            "0" | "off" | "no" | "false" => true,
+            "" | "1" | "on" | "yes" | "true" => false,
+            other => {
+                eprintln!(
+                    "cpulocal: ignoring unknown CPULOCAL_MEMBARRIER {other:?} (expected 0 or 1)"
+                );
+                false
+            }
+        }
+    })
 }
 
 /// Whether [`use_membarrier`] is still being decided, on a thread of its
@@ -419,7 +432,14 @@ impl Env for Cpus {
 ///   scheduler's favour from the writer.
 ///
 /// Each lock holds 16 bytes per possible CPU, allocated on its first use
-/// (so [`new`](Self::new) is a `const fn` and a lock can be a `static`).
+/// (so [`new`](Self::new) is a `const fn` and a lock can be a `static`),
+/// and is itself three 128-byte lines (`size_of::<RwLock<u64>>()` is 384):
+/// the readers' word, the writers' words, and the data on a line of its
+/// own. The first per-CPU object of the process reserves address space
+/// for every CPU's region (up to 1 GiB per possible CPU, without memory;
+/// less where `RLIMIT_AS` says so). For thousands of small locks, one per
+/// bucket or object, a central lock (parking_lot's: one word) is the
+/// cheaper choice in memory; this one is for data read from every CPU.
 /// As with the standard lock, taking a read lock while holding one can
 /// deadlock if a writer arrives in between, and taking the write lock while
 /// holding either deadlocks.
@@ -473,7 +493,10 @@ impl Env for Cpus {
 /// `lock_api::RwLock<cpulocal::RawRwLock, T>`.
 ///
 /// Not in this lock, nor in its `lock_api` implementation: timed locks and
-/// poisoning.
+/// poisoning. What `lock_api` builds on any raw lock (`read_arc` and
+/// `write_arc` with its feature `arc_lock`, `RwLockReadGuard::unlocked`,
+/// `force_unlock_read`, the upgradable guard's `with_upgraded`) is there
+/// through `LockApiRwLock<T>`.
 pub struct RwLock<T: ?Sized> {
     raw: RawRwLock<Cpus>,
     data: UnsafeCell<T>,
@@ -717,7 +740,9 @@ impl<T> From<T> for RwLock<T> {
 impl<T: ?Sized + fmt::Debug> fmt::Debug for RwLock<T> {
     /// Shows the data if a read lock can be had at once, as std's does,
     /// what readers do now: `"no fence"` (writes are rare: writers interrupt
-    /// them), `"fence"` (writes were recent), `"always fence"` (no
+    /// them), `"fence"` (writes were recent, or the lock is new and whether
+    /// the process has `membarrier` is still being found out: for about
+    /// the first tens of milliseconds), `"always fence"` (no
     /// process-wide barrier here) or `"central"` (writes are frequent and
     /// readers count in the lock word), and how a writer waiting for readers
     /// lets them run: `"yield"`, or `"sleep"` (more threads want the CPUs
