@@ -42,6 +42,49 @@ fn lock_is_exclusive_across_migration() {
     assert_eq!(total, (THREADS * rounds) as u64);
 }
 
+/// A drainer takes every CPU's counts with `lock_each()` while threads add
+/// to them through `lock()` with a read, a yield and a write: if
+/// `lock_each` did not lock, additions made between the read and the write
+/// would be overwritten or taken twice, and the drained total plus what is
+/// left would not be exact.
+#[test]
+fn lock_each_drains_exactly_while_others_add() {
+    let rounds = common::scaled(20_000);
+    let c = LockedCpuLocal::<u64>::new();
+    let done = AtomicUsize::new(0);
+    let drained = std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            let (c, done) = (&c, &done);
+            s.spawn(move || {
+                for i in 0..rounds {
+                    let mut g = c.lock();
+                    let seen = *g;
+                    if i % 16 == 0 {
+                        std::thread::yield_now();
+                    }
+                    *g = seen + 1;
+                }
+                done.fetch_add(1, Ordering::Release);
+            });
+        }
+        let mut drained = 0u64;
+        while done.load(Ordering::Acquire) < THREADS {
+            for mut g in c.lock_each() {
+                let seen = std::mem::take(&mut *g);
+                std::thread::yield_now();
+                // An addition made meanwhile (without the lock) would be
+                // lost here.
+                assert_eq!(*g, 0, "CPU {}'s value changed under lock_each", CpuLocalGuard::cpu(&g));
+                drained += seen;
+            }
+        }
+        drained
+    });
+    assert_eq!(c.lock_each().len(), cpu::count());
+    let left: u64 = c.lock_each().map(|g| *g).sum();
+    assert_eq!(drained + left, (THREADS * rounds) as u64);
+}
+
 /// Threads hop between CPUs every few operations while incrementing atomics
 /// reached through `get()`; the totals walked with `iter()` are exact.
 #[test]

@@ -309,6 +309,32 @@ impl<T> LockedCpuLocal<T> {
         self.inner.get_on(cpu)?.try_lock(cpu)
     }
 
+    /// Every CPU's value in turn, each locked as the iterator comes to it
+    /// ([`lock_on`](Self::lock_on) for every CPU id, ascending): a reader
+    /// that sums or drains a pool from `&self`. Dropping each guard before
+    /// taking the next holds one lock at a time; guards kept (collected)
+    /// hold theirs, taken in ascending CPU order.
+    ///
+    /// ```
+    /// use cpulocal::{CpuLocalGuard, LockedCpuLocal};
+    ///
+    /// let pool = LockedCpuLocal::<Vec<u32>>::new();
+    /// pool.lock().extend([1, 2, 3]);
+    /// let pooled: usize = pool.lock_each().map(|v| v.len()).sum();
+    /// assert_eq!(pooled, 3);
+    /// // Drain every CPU's share.
+    /// let drained: Vec<u32> = pool.lock_each().flat_map(|mut v| std::mem::take(&mut *v)).collect();
+    /// assert_eq!(drained, [1, 2, 3]);
+    /// assert!(pool.lock_each().enumerate().all(|(cpu, v)| CpuLocalGuard::cpu(&v) == cpu && v.is_empty()));
+    /// ```
+    ///
+    /// # Panics
+    /// As [`lock`](Self::lock).
+    pub fn lock_each(&self) -> impl ExactSizeIterator<Item = CpuLocalGuard<'_, T>> + '_ {
+        (0..cpu::count())
+            .map(move |cpu| self.lock_on(cpu).expect("every id below count() has a value"))
+    }
+
     /// Every CPU's value, mutably, with its CPU id; `&mut self` needs no
     /// locks.
     ///
