@@ -1841,9 +1841,11 @@ mod tests {
                 // SAFETY: write-locked just above.
                 unsafe { lock.write_unlock() };
             });
+            // Until the writer has slept waiting for the reader (which
+            // the mock returns from at once, so it sleeps again and again).
             let start = std::time::Instant::now();
-            while lock.hot.state.load(Relaxed) & DRAINING == 0 {
-                assert!(start.elapsed().as_secs() < 10, "the writer never waited");
+            while lock.env().yields_before_sleep.load(Relaxed) == 0 {
+                assert!(start.elapsed().as_secs() < 10, "the writer never slept");
                 thread::yield_now();
             }
             // The reader leaves.
