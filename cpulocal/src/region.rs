@@ -141,7 +141,32 @@ fn regions() -> Result<&'static Regions, AllocError> {
     // Every per-CPU address computation reads the shift: fix it before the
     // first object is handed out (publishing through REGIONS orders it).
     sys::set_unit_shift(regions.unit.trailing_zeros());
-    Ok(REGIONS.get_or_init(|| regions))
+    let regions = REGIONS.get_or_init(|| regions);
+    sys::at_fork(lock_before_fork, unlock_after_fork);
+    Ok(regions)
+}
+
+thread_local! {
+    /// The state lock [`lock_before_fork`] took, until the fork is over.
+    static HELD_OVER_FORK: std::cell::RefCell<Option<std::sync::MutexGuard<'static, State>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Before `fork`: takes the state lock, so that no other thread holds it
+/// while the process is copied. A child forked while another thread
+/// allocated or freed per-CPU memory otherwise found it locked for good,
+/// and its first allocation (a new `Counter`'s first add) waited forever.
+/// The state lock is taken with no other lock of this crate held.
+extern "C" fn lock_before_fork() {
+    if let Some(regions) = REGIONS.get() {
+        let state = regions.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = HELD_OVER_FORK.try_with(|held| *held.borrow_mut() = Some(state));
+    }
+}
+
+/// After `fork`, on both sides: releases what [`lock_before_fork`] took.
+extern "C" fn unlock_after_fork() {
+    let _ = HELD_OVER_FORK.try_with(|held| drop(held.borrow_mut().take()));
 }
 
 /// Reserves the largest regions the system grants, or says why none.

@@ -795,3 +795,66 @@ fn fork_while_locks_are_held() {
     assert_eq!(*write_held.read(), 1);
     assert_eq!(*locked.lock_on(cpus[0]).unwrap(), 1);
 }
+
+/// Children forked while another thread makes and drops counters (so
+/// allocates and frees per-CPU memory, under the allocator's lock) find
+/// the allocator unlocked: each makes a counter and counts. Before the
+/// allocator's fork handlers, a child forked while that thread held the
+/// lock waited forever at its first allocation.
+#[test]
+fn forked_children_allocate_while_another_thread_churns() {
+    if !common::is_child() {
+        return common::in_child("forked_children_allocate_while_another_thread_churns", &[]);
+    }
+    die_after(300);
+    let stop = AtomicBool::new(false);
+    let (mut ok, mut bad) = (0, Vec::new());
+    thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                let c = Counter::new();
+                c.inc();
+            }
+        });
+        for _ in 0..common::scaled(200) {
+            // SAFETY: the child only counts and ends with `_exit`; the
+            // parent waits for it.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                let c = Counter::new();
+                c.add(3);
+                let code = if c.sum() == 3 && !c.alloc_failed() { 0 } else { 1 };
+                // SAFETY: ends the forked child.
+                unsafe { libc::_exit(code) };
+            }
+            let started = Instant::now();
+            let mut status = 0;
+            loop {
+                // SAFETY: polls the child forked above.
+                if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+                    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+                        ok += 1;
+                    } else {
+                        bad.push(format!("exit status {status:#x}"));
+                    }
+                    break;
+                }
+                if started.elapsed() > Duration::from_secs(10) {
+                    // SAFETY: kills and reaps the child forked above.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                        libc::waitpid(pid, &mut status, 0);
+                    }
+                    bad.push("hung".into());
+                    break;
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+            if !bad.is_empty() {
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert!(bad.is_empty(), "after {ok} good children: {bad:?}");
+}

@@ -28,6 +28,9 @@ pub(crate) fn fork_generation() -> u64 {
 }
 
 /// Unknown here.
+/// No `fork` to guard against here: does nothing.
+pub(crate) fn at_fork(_before: extern "C" fn(), _after: extern "C" fn()) {}
+
 pub(crate) fn runnable_threads() -> Option<(usize, usize)> {
     None
 }

@@ -19,6 +19,7 @@
 //! - `Reservation`: address space reserved up front, committed in pieces, and
 //!   given back page by page (`release`);
 //! - `fork_generation()`: a number that changes in every forked child;
+//! - `at_fork(before, after)`: handlers around `fork` (no-op elsewhere);
 //! - `runnable_threads()`: the threads runnable system-wide and the CPUs
 //!   online, where the platform says;
 //! - `affinity`: the calling thread's allowed CPUs, pinning;

@@ -292,6 +292,16 @@ pub(crate) fn fork_generation() -> u64 {
     FORK_GENERATION.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Runs `before` in the thread that calls `fork`, before the process is
+/// copied, and `after` in that thread on both sides once it is: for locks
+/// that a child must find unlocked (`pthread_atfork`). If registration
+/// fails (ENOMEM), forks go unguarded, as they did before.
+pub(crate) fn at_fork(before: extern "C" fn(), after: extern "C" fn()) {
+    // SAFETY: plain functions; what they may do in a fork handler is their
+    // callers' to keep to (take and release locks).
+    unsafe { libc::pthread_atfork(Some(before), Some(after), Some(after)) };
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
         // SAFETY: we own the mapping and nothing refers to it any more.
