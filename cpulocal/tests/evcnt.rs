@@ -168,9 +168,13 @@ fn export_child() {
     WORK.add(77);
     let exporter = evcnt::export_every(Duration::from_millis(20)).unwrap();
     println!("FILE {}", exporter.path().display());
-    std::mem::forget(exporter); // only exit may remove it now
     let mut line = String::new();
     std::io::stdin().read_line(&mut line).unwrap();
+    if line.trim() == "forkuse" {
+        println!("FORKUSE {}", fork_and_use(exporter));
+        return;
+    }
+    std::mem::forget(exporter); // only exit may remove it now
     if line.trim() == "fork" {
         // A child forked from the exporter exits normally: its exit must
         // leave the parent's file alone.
@@ -190,6 +194,83 @@ fn export_child() {
     if line.trim() == "exit" {
         std::process::exit(0); // a normal exit: atexit removes the file
     }
+}
+
+/// Forks 40 children while this process exports every 20 ms (with 20,000
+/// counters, so that each write holds the locks a while) and another
+/// thread makes and drops counters; each child takes a snapshot, makes a
+/// counter, exports on its own account and drops the `Exporter` it
+/// inherited. Returns "ok N, failed N, hung N" (a child that has not
+/// exited within 20 s is killed and counted as hung; the first child that
+/// fails or hangs ends the forking).
+fn fork_and_use(exporter: evcnt::Exporter) -> String {
+    // Each child drops its own copy; the parent drops its own at the end.
+    let mut exporter = std::mem::ManuallyDrop::new(exporter);
+    let many: Vec<EventCounter> =
+        (0..20_000).map(|i| EventCounter::dynamic(Kind::Misc, "many", format!("c{i}"))).collect();
+    many.iter().for_each(EventCounter::inc);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (mut ok, mut failed, mut hung) = (0, 0, 0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let c = EventCounter::dynamic(Kind::Misc, "churn", "c");
+                c.inc();
+            }
+        });
+        for _ in 0..40 {
+            // SAFETY: the child uses only this library and exits with
+            // `_exit`, the parent waits for it.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let _ = evcnt::snapshot();
+                    let c = EventCounter::dynamic(Kind::Misc, "forked", "c");
+                    c.inc();
+                    let own = evcnt::export_every(Duration::from_millis(20));
+                    let code = if own.is_ok() { 0 } else { 3 };
+                    drop(own);
+                    // SAFETY: this process's copy, dropped once, here.
+                    unsafe { std::mem::ManuallyDrop::drop(&mut exporter) };
+                    code
+                }))
+                .unwrap_or(2);
+                // SAFETY: ends the forked child without the parent's atexit
+                // hooks or the harness.
+                unsafe { libc::_exit(code) };
+            }
+            let started = std::time::Instant::now();
+            let mut status = 0;
+            loop {
+                // SAFETY: polls the child forked above.
+                let done = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+                if done == pid {
+                    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+                        ok += 1;
+                    } else {
+                        failed += 1;
+                    }
+                    break;
+                }
+                if started.elapsed() > Duration::from_secs(20) {
+                    // SAFETY: kills and reaps the child forked above.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                        libc::waitpid(pid, &mut status, 0);
+                    }
+                    hung += 1;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if failed + hung > 0 {
+                break;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    drop(std::mem::ManuallyDrop::into_inner(exporter));
+    format!("ok {ok}, failed {failed}, hung {hung}")
 }
 
 fn spawn_child() -> (std::process::Child, std::path::PathBuf) {
@@ -218,15 +299,24 @@ fn spawn_child() -> (std::process::Child, std::path::PathBuf) {
             if line.contains("FORKED") {
                 let _ = FORKED.0.lock().unwrap().send(());
             }
+            if let Some(at) = line.find("FORKUSE ") {
+                let _ = FORKUSE.0.lock().unwrap().send(line[at + "FORKUSE ".len()..].trim().into());
+            }
         }
     });
     (child, path)
 }
 
-type Forked = (
-    std::sync::Mutex<std::sync::mpsc::Sender<()>>,
-    std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
-);
+type Channel<T> =
+    (std::sync::Mutex<std::sync::mpsc::Sender<T>>, std::sync::Mutex<std::sync::mpsc::Receiver<T>>);
+
+type Forked = Channel<()>;
+
+/// The "FORKUSE" line of the child that forks and uses the registry.
+static FORKUSE: std::sync::LazyLock<Channel<String>> = std::sync::LazyLock::new(|| {
+    let (tx, rx) = std::sync::mpsc::channel();
+    (std::sync::Mutex::new(tx), std::sync::Mutex::new(rx))
+});
 
 /// Every child's "FORKED" line (only one test forks).
 static FORKED: std::sync::LazyLock<Forked> = std::sync::LazyLock::new(|| {
@@ -265,6 +355,22 @@ fn a_forked_child_exiting_leaves_the_parents_file() {
     stdin.write_all(b"exit\n").unwrap();
     assert!(child.wait().unwrap().success());
     assert!(!path.exists());
+}
+
+/// Children forked while the exporter and other threads use the registry
+/// get it unlocked, export on their own, and drop the inherited
+/// `Exporter` without touching the parent's thread or file.
+#[test]
+fn forked_children_use_the_registry_and_export() {
+    let (mut child, path) = spawn_child();
+    let mut stdin = child.stdin.take().unwrap();
+    use std::io::Write;
+    stdin.write_all(b"forkuse\n").unwrap();
+    let said = FORKUSE.1.lock().unwrap().recv_timeout(Duration::from_secs(600));
+    let said = said.expect("the child never reported its forks");
+    assert_eq!(said, "ok 40, failed 0, hung 0", "children forked while others held the locks");
+    assert!(child.wait().unwrap().success());
+    assert!(!path.exists(), "the parent's dropped exporter left its file");
 }
 
 #[test]

@@ -128,6 +128,7 @@ impl Entry {
 static REGISTRY: Mutex<Vec<Arc<Entry>>> = Mutex::new(Vec::new());
 
 fn registry() -> MutexGuard<'static, Vec<Arc<Entry>>> {
+    export::hook_fork();
     REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
