@@ -1,7 +1,10 @@
 //! `/metrics` over HTTP, scraped with a real HTTP client.
 #![cfg(all(target_os = "linux", not(miri)))]
 
+mod prom;
+
 use cpulocal::evcnt::{self, EventCounter};
+use prom::strict::strict;
 
 static SERVED: EventCounter = EventCounter::new("http-test", "served");
 
@@ -63,4 +66,37 @@ fn an_installed_recorder_is_served_too() {
     assert!(body.contains("jobs_total{queue=\"mail\"} 4\n"), "{body}");
     assert!(cpulocal::evcnt::Recorder::new().install().is_err(), "installed twice");
     let _ = recorder;
+}
+
+/// The event counters' text and the recorder's, served as one, are one
+/// valid exposition even when the recorder has metrics named like the
+/// event counters' family.
+#[cfg(feature = "metrics")]
+#[test]
+fn the_served_text_is_valid_whatever_the_recorder_holds() {
+    static MIXED: EventCounter = EventCounter::new("http-mixed", "served");
+    MIXED.add(3);
+    // One global recorder per process: `an_installed_recorder_is_served_too`
+    // may have installed it already.
+    let _ = cpulocal::evcnt::Recorder::new().install();
+    metrics::counter!(evcnt::PROMETHEUS_FAMILY, "group" => "http-mixed").increment(5);
+    metrics::gauge!(evcnt::PROMETHEUS_FAMILY).set(1.0);
+    metrics::histogram!("evcnt").record(1.0);
+    let server = evcnt::serve("127.0.0.1:0").unwrap();
+    let body = ureq::get(&format!("http://{}/metrics", server.local_addr()))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let lines = strict(&body);
+    let family = |name: &str, group: &str| {
+        lines
+            .iter()
+            .find(|l| l.name == name && l.label("group") == Some(group))
+            .map(|l| l.value.as_str())
+    };
+    assert_eq!(family(evcnt::PROMETHEUS_FAMILY, "http-mixed"), Some("3"), "{body}");
+    assert_eq!(family("evcnt_total_counter", "http-mixed"), Some("5"), "{body}");
+    assert!(lines.iter().any(|l| l.name == "evcnt_total_gauge"), "{body}");
+    assert!(lines.iter().any(|l| l.family == "evcnt" && l.name == "evcnt_count"), "{body}");
 }

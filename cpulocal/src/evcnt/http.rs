@@ -76,6 +76,9 @@ fn respond(request: tiny_http::Request) -> io::Result<()> {
     }
     let mut body = Vec::new();
     super::write_prometheus(&mut body)?;
+    // Two texts joined make one valid exposition only if no family is in
+    // both: the recorder leaves `PROMETHEUS_FAMILY`, the event counters'
+    // only family, alone, renaming its own metrics of that name.
     #[cfg(feature = "metrics")]
     if let Some(recorder) = super::metrics::installed() {
         recorder.write_prometheus(&mut body)?;

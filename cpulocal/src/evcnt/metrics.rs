@@ -1,6 +1,6 @@
 //! A `metrics` crate recorder with per-CPU counters (feature `metrics`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::{self, Write as _};
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +29,42 @@ const BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 
 /// Prometheus text format; once [`install`](Self::install)ed, `serve`
 /// (feature `http`) serves them with the event counters.
 ///
+/// # Names in the Prometheus text
+///
+/// The `metrics` macros take any names and labels; the text format does
+/// not, and a scraper rejects the whole text for one bad line. So the
+/// output is made valid whatever was recorded, by these rules:
+///
+/// - Metric names: characters other than `[a-zA-Z0-9_:]` become `_`, and a
+///   name that is empty or starts with a digit gets a `_` in front.
+///   Label names likewise, with `:` also becoming `_` (not allowed there).
+/// - Metrics of one kind whose names clean alike (`a.b` and `a-b`) are one
+///   family, `a_b`. Their series with the same labels are merged: counters
+///   and histograms summed, and of gauges the one whose metric name (then
+///   labels) sorts first kept.
+/// - Families are named in order of their cleaned names, and of kind
+///   (counter, gauge, histogram) for one name: each keeps its name unless
+///   that name, or for a histogram one of its series' names (`_bucket`,
+///   `_sum`, `_count`), is already taken. Such a family is renamed with its
+///   kind as a suffix (`same_gauge`, then `same_gauge_2`, ...), to a name no
+///   other family has or would have kept. So a counter and a gauge both
+///   named `same` give a counter `same` and a gauge `same_gauge`; a counter
+///   `h_count` beside a histogram `h` becomes `h_count_counter`.
+/// - [`PROMETHEUS_FAMILY`](super::PROMETHEUS_FAMILY), `evcnt_total`, is
+///   left to the event counters, so that `serve`'s text, theirs followed by
+///   the recorder's, is valid too: a metric named so is renamed as above.
+/// - Labels whose names Prometheus reserves, those starting with `__` and
+///   `le` on a histogram (it holds the bucket bounds), get `exported_` in
+///   front, as Prometheus does with the labels it must rename, repeatedly
+///   until the name is that of no other label of the metric.
+/// - A label name given twice (as written, or once cleaned) keeps its
+///   first value; the later are dropped. Series then the same are merged
+///   as above, as are those whose labels differ only in order.
+/// - Labels are written sorted by name; `le` comes last.
+///
+/// A description (`describe_*`) applies to the family of the metrics of
+/// its name; one given for another kind is used when its own kind has none.
+///
 /// ```
 /// use cpulocal::evcnt::Recorder;
 ///
@@ -45,6 +81,23 @@ const BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 
 /// assert!(text.contains("queue_depth 5\n"));
 /// assert!(text.contains("latency_seconds_bucket{le=\"0.025\"} 1\n"));
 /// ```
+///
+/// Names that clash:
+///
+/// ```
+/// let recorder = cpulocal::evcnt::Recorder::new();
+/// metrics::with_local_recorder(&recorder, || {
+///     metrics::counter!("same", "k" => "1", "k" => "2").increment(1);
+///     metrics::gauge!("same").set(2.0);
+///     metrics::histogram!("lat", "le" => "x").record(0.2);
+/// });
+/// let mut out = Vec::new();
+/// recorder.write_prometheus(&mut out).unwrap();
+/// let text = String::from_utf8(out).unwrap();
+/// assert!(text.contains("# TYPE same counter\nsame{k=\"1\"} 1\n"));
+/// assert!(text.contains("# TYPE same_gauge gauge\nsame_gauge 2\n"));
+/// assert!(text.contains("lat_bucket{exported_le=\"x\",le=\"0.25\"} 1\n"));
+/// ```
 pub struct Recorder {
     /// Boxed: the lock and maps are large, and a `Recorder` moves (into
     /// `install`'s error, for one).
@@ -56,8 +109,8 @@ struct Metrics {
     counters: Map<PerCpuCounter>,
     gauges: Map<AtomicGauge>,
     histograms: Map<LockedHistogram>,
-    /// Descriptions by metric name: (kind, unit, text).
-    help: HashMap<KeyName, (Option<Unit>, SharedString)>,
+    /// Descriptions by metric name and the kind they were given for.
+    help: HashMap<(KeyName, MetricKind), (Option<Unit>, SharedString)>,
 }
 
 /// The recorder [`Recorder::install`] made global.
@@ -131,8 +184,8 @@ impl Recorder {
     /// families sorted by name, each with its `# HELP` (from the `describe_*`
     /// macros) and `# TYPE`; counters as counters, gauges as gauges,
     /// histograms as cumulative `_bucket`s with `_sum` and `_count`. Names
-    /// and label names are made valid (other characters become `_`), label
-    /// values escaped.
+    /// and labels are made valid, and families and series unique, as
+    /// [`Recorder`] describes; label values are escaped.
     ///
     /// # Errors
     /// Whatever writing to `out` returns.
@@ -152,38 +205,66 @@ impl Recorder {
     /// ```
     pub fn write_prometheus<W: Write>(&self, mut out: W) -> io::Result<()> {
         let metrics = self.metrics.read();
-        let mut families: Vec<(String, &'static str, Vec<Series>)> = Vec::new();
-        let mut family = |key: &Key, kind: &'static str, series: Series| {
-            let name = metric_name(key.name());
-            match families.iter_mut().find(|f| f.0 == name) {
-                Some(f) => f.2.push(series),
-                None => families.push((name, kind, vec![series])),
-            }
-        };
+        // Sorted, so that which family keeps a contested name, and which
+        // gauge of merged ones is kept, do not depend on the maps' order.
+        let mut all: Vec<(String, MetricKind, &Key, Value)> = Vec::new();
         for (key, c) in &metrics.counters {
-            family(key, "counter", Series::Counter(labels(key), c.count.sum()));
+            all.push((
+                metric_name(key.name()),
+                MetricKind::Counter,
+                key,
+                Value::Counter(c.count.sum()),
+            ));
         }
         for (key, g) in &metrics.gauges {
-            family(key, "gauge", Series::Gauge(labels(key), g.get()));
+            all.push((metric_name(key.name()), MetricKind::Gauge, key, Value::Gauge(g.get())));
         }
         for (key, h) in &metrics.histograms {
             let data = h.0.lock().unwrap_or_else(PoisonError::into_inner).clone();
-            family(key, "histogram", Series::Histogram(labels(key), data));
+            all.push((metric_name(key.name()), MetricKind::Histogram, key, Value::Histogram(data)));
         }
-        families.sort_by(|a, b| a.0.cmp(&b.0));
+        all.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
+        let mut families: Vec<Family<'_>> = Vec::new();
+        for (name, kind, key, value) in all {
+            match families.last_mut() {
+                Some(f) if f.name == name && f.kind == kind => f.members.push((key, value)),
+                _ => families.push(Family { name, kind, members: vec![(key, value)] }),
+            }
+        }
+        name_families(&mut families);
+        families.sort_by(|a, b| a.name.cmp(&b.name));
+
+        let descriptions: HashMap<(&str, MetricKind), &(Option<Unit>, SharedString)> =
+            metrics.help.iter().map(|((name, kind), h)| ((name.as_str(), *kind), h)).collect();
         let mut buf = String::new();
-        for (name, kind, mut series) in families {
-            series.sort_by(|a, b| a.labels().cmp(b.labels()));
-            if let Some((unit, help)) =
-                metrics.help.iter().find(|(k, _)| metric_name(k.as_str()) == name).map(|(_, v)| v)
-            {
+        for family in families {
+            let kinds =
+                [family.kind, MetricKind::Counter, MetricKind::Gauge, MetricKind::Histogram];
+            let described = kinds.iter().find_map(|&kind| {
+                family.members.iter().find_map(|(key, _)| descriptions.get(&(key.name(), kind)))
+            });
+            if let Some((unit, help)) = described {
                 let unit = unit.map(|u| format!(" ({})", u.as_str())).unwrap_or_default();
                 let help = format!("{help}{unit}").replace('\\', "\\\\").replace('\n', "\\n");
-                let _ = writeln!(buf, "# HELP {name} {help}");
+                let _ = writeln!(buf, "# HELP {} {help}", family.name);
             }
-            let _ = writeln!(buf, "# TYPE {name} {kind}");
-            for s in &series {
-                s.write(&mut buf, &name);
+            let _ = writeln!(buf, "# TYPE {} {}", family.name, family.kind.as_str());
+            let mut series: Vec<(Vec<(String, String)>, Value)> = family
+                .members
+                .into_iter()
+                .map(|(key, value)| (labels(key, family.kind), value))
+                .collect();
+            // Stable: of equal label sets, the first member's stays first.
+            series.sort_by(|a, b| a.0.cmp(&b.0));
+            series.dedup_by(|later, first| {
+                let same = later.0 == first.0;
+                if same {
+                    first.1.merge(&later.1);
+                }
+                same
+            });
+            for (labels, value) in &series {
+                value.write(&mut buf, &family.name, labels);
             }
         }
         out.write_all(buf.as_bytes())
@@ -208,8 +289,14 @@ impl fmt::Debug for Recorder {
 }
 
 impl Recorder {
-    fn describe(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
-        self.metrics.write().help.insert(key, (unit, description));
+    fn describe(
+        &self,
+        key: KeyName,
+        kind: MetricKind,
+        unit: Option<Unit>,
+        description: SharedString,
+    ) {
+        self.metrics.write().help.insert((key, kind), (unit, description));
     }
 
     /// `key`'s handle in the map that `get` and `get_mut` project, made on
@@ -233,15 +320,15 @@ type Map<T> = HashMap<Key, Arc<T>>;
 
 impl metrics::Recorder for Recorder {
     fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
-        self.describe(key, unit, description);
+        self.describe(key, MetricKind::Counter, unit, description);
     }
 
     fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
-        self.describe(key, unit, description);
+        self.describe(key, MetricKind::Gauge, unit, description);
     }
 
     fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
-        self.describe(key, unit, description);
+        self.describe(key, MetricKind::Histogram, unit, description);
     }
 
     fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> metrics::Counter {
@@ -343,28 +430,108 @@ impl HistogramFn for LockedHistogram {
     }
 }
 
-enum Series {
-    Counter(Vec<(String, String)>, u64),
-    Gauge(Vec<(String, String)>, f64),
-    Histogram(Vec<(String, String)>, HistogramData),
+/// A metric's kind; also the order in which kinds sharing a name claim it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
 }
 
-impl Series {
-    fn labels(&self) -> &[(String, String)] {
+impl MetricKind {
+    fn as_str(self) -> &'static str {
         match self {
-            Series::Counter(l, _) | Series::Gauge(l, _) | Series::Histogram(l, _) => l,
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+            MetricKind::Histogram => "histogram",
+        }
+    }
+}
+
+/// The metrics printed as one family: their cleaned name (their family's
+/// name once [`name_families`] has run), kind and values.
+struct Family<'a> {
+    name: String,
+    kind: MetricKind,
+    members: Vec<(&'a Key, Value)>,
+}
+
+/// The series names a family `name` of `kind` writes, which no other
+/// family may have as its name or write.
+fn series_names(name: &str, kind: MetricKind) -> Vec<String> {
+    match kind {
+        MetricKind::Histogram => ["", "_bucket", "_sum", "_count"]
+            .iter()
+            .map(|suffix| format!("{name}{suffix}"))
+            .collect(),
+        MetricKind::Counter | MetricKind::Gauge => vec![name.to_string()],
+    }
+}
+
+/// Gives every family (sorted by cleaned name and kind) a name of its own:
+/// its cleaned name where that is free, or else its name with its kind
+/// appended (and a number, if need be). The renamed are named last, so
+/// that they can only take names that no metric has.
+fn name_families(families: &mut [Family<'_>]) {
+    // The event counters' family: `serve` writes it before the recorder's.
+    let mut taken: HashSet<String> = HashSet::from([super::PROMETHEUS_FAMILY.to_string()]);
+    let mut renamed = Vec::new();
+    for (i, f) in families.iter().enumerate() {
+        let names = series_names(&f.name, f.kind);
+        if names.iter().any(|n| taken.contains(n)) {
+            renamed.push(i);
+        } else {
+            taken.extend(names);
+        }
+    }
+    for i in renamed {
+        let f = &mut families[i];
+        let base = format!("{}_{}", f.name, f.kind.as_str());
+        let mut name = base.clone();
+        let mut n = 1;
+        while series_names(&name, f.kind).iter().any(|s| taken.contains(s)) {
+            n += 1;
+            name = format!("{base}_{n}");
+        }
+        taken.extend(series_names(&name, f.kind));
+        f.name = name;
+    }
+}
+
+/// A metric's value as read for printing.
+enum Value {
+    Counter(u64),
+    Gauge(f64),
+    Histogram(HistogramData),
+}
+
+impl Value {
+    /// Folds `other`, a series of the same family and labels, into this
+    /// one: counts add up (wrapping, as the counters themselves do); of
+    /// gauges, which do not add up, this one is kept.
+    fn merge(&mut self, other: &Value) {
+        match (self, other) {
+            (Value::Counter(a), Value::Counter(b)) => *a = a.wrapping_add(*b),
+            (Value::Histogram(a), Value::Histogram(b)) => {
+                a.count = a.count.wrapping_add(b.count);
+                a.sum += b.sum;
+                for (a, b) in a.buckets.iter_mut().zip(b.buckets) {
+                    *a = a.wrapping_add(b);
+                }
+            }
+            _ => {}
         }
     }
 
-    fn write(&self, buf: &mut String, name: &str) {
+    fn write(&self, buf: &mut String, name: &str, l: &[(String, String)]) {
         match self {
-            Series::Counter(l, v) => {
+            Value::Counter(v) => {
                 let _ = writeln!(buf, "{name}{} {v}", label_set(l, None));
             }
-            Series::Gauge(l, v) => {
+            Value::Gauge(v) => {
                 let _ = writeln!(buf, "{name}{} {}", label_set(l, None), number(*v));
             }
-            Series::Histogram(l, h) => {
+            Value::Histogram(h) => {
                 let mut cumulative = 0u64;
                 for (le, n) in BUCKETS.iter().zip(h.buckets) {
                     cumulative = cumulative.wrapping_add(n);
@@ -379,8 +546,26 @@ impl Series {
     }
 }
 
-fn labels(key: &Key) -> Vec<(String, String)> {
-    key.labels().map(|l| (metric_name(l.key()), l.value().to_string())).collect()
+/// `key`'s labels as a metric of `kind` writes them: names cleaned,
+/// reserved ones renamed, repeated ones dropped, sorted by name.
+fn labels(key: &Key, kind: MetricKind) -> Vec<(String, String)> {
+    let cleaned: Vec<(String, &str)> =
+        key.labels().map(|l| (label_name(l.key()), l.value())).collect();
+    let mut out: Vec<(String, String)> = Vec::with_capacity(cleaned.len());
+    for (name, value) in &cleaned {
+        let mut name = name.clone();
+        if name.starts_with("__") || (kind == MetricKind::Histogram && name == "le") {
+            // The first pass always renames: `name` is among `cleaned`.
+            while cleaned.iter().any(|(other, _)| *other == name) {
+                name.insert_str(0, "exported_");
+            }
+        }
+        if out.iter().all(|(first, _)| *first != name) {
+            out.push((name, value.to_string()));
+        }
+    }
+    out.sort();
+    out
 }
 
 /// `{a="x",le="0.5"}`, or nothing when there are no labels.
@@ -408,12 +593,20 @@ fn number(v: f64) -> String {
     }
 }
 
-/// `name` as a valid metric or label name: `[a-zA-Z_:][a-zA-Z0-9_:]*`.
+/// `name` as a valid metric name: `[a-zA-Z_:][a-zA-Z0-9_:]*`.
 fn metric_name(name: &str) -> String {
-    let mut out: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == ':' { c } else { '_' })
-        .collect();
+    valid_name(name, |c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// `name` as a valid label name: `[a-zA-Z_][a-zA-Z0-9_]*`, no `:`.
+fn label_name(name: &str) -> String {
+    valid_name(name, |c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `name` with the characters not `allowed` made `_`, and a `_` in front
+/// if it is empty or starts with a digit.
+fn valid_name(name: &str, allowed: fn(char) -> bool) -> String {
+    let mut out: String = name.chars().map(|c| if allowed(c) { c } else { '_' }).collect();
     if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
         out.insert(0, '_');
     }

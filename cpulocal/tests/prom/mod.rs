@@ -2,6 +2,8 @@
 //! format), with label values unescaped for comparison.
 #![allow(dead_code)]
 
+pub mod strict;
+
 use openmetrics_parser::prometheus::parse_prometheus;
 use openmetrics_parser::{PrometheusValue, Sample};
 
