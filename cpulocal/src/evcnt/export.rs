@@ -125,27 +125,42 @@ impl Exported {
     /// assert!(String::from_utf8_lossy(&bytes).contains("event intr 17 net rx%20packets\n"));
     /// assert_eq!(Exported::parse(&bytes).unwrap(), e);
     /// ```
+    ///
+    /// What it writes, [`parse`](Self::parse) accepts: names longer than
+    /// 1,024 bytes are cut there (at a character boundary), and counters
+    /// past the first 100,000, or past 16 MiB of text, are left out. (A
+    /// file that broke either limit was refused whole, which hid every
+    /// counter of the process from `cpulocal stat`.)
     pub fn encode(&self) -> Vec<u8> {
         use fmt::Write as _;
-        let mut s = String::new();
+        // Room for the header and the last line within the file's limit.
+        let budget = usize::try_from(MAX_FILE).unwrap_or(usize::MAX) - 4096;
+        let mut lines = String::new();
+        let mut events = 0;
+        for e in self.snapshot.events.iter().take(MAX_EVENTS) {
+            let failed = if e.alloc_failed { "!" } else { "" };
+            let line = format!(
+                "event {}{failed} {} {} {}\n",
+                e.kind,
+                e.value,
+                encode_name(cut_name(&e.group)),
+                encode_name(cut_name(&e.name))
+            );
+            if lines.len() + line.len() > budget {
+                break;
+            }
+            lines.push_str(&line);
+            events += 1;
+        }
+        let mut s = String::with_capacity(lines.len() + 256);
         let written = self.snapshot.taken.duration_since(UNIX_EPOCH).unwrap_or_default();
         let _ = writeln!(s, "{MAGIC}");
         let _ = writeln!(s, "pid {}", self.pid);
         let _ = writeln!(s, "start {}", self.start);
         let _ = writeln!(s, "period_ms {}", self.period.as_millis());
         let _ = writeln!(s, "written_ns {}", written.as_nanos());
-        let _ = writeln!(s, "events {}", self.snapshot.events.len());
-        for e in &self.snapshot.events {
-            let failed = if e.alloc_failed { "!" } else { "" };
-            let _ = writeln!(
-                s,
-                "event {}{failed} {} {} {}",
-                e.kind,
-                e.value,
-                encode_name(&e.group),
-                encode_name(&e.name)
-            );
-        }
+        let _ = writeln!(s, "events {events}");
+        s.push_str(&lines);
         let _ = writeln!(s, "end");
         s.into_bytes()
     }
@@ -214,6 +229,18 @@ fn decode_name(s: &str) -> Result<String, String> {
         }
     }
     String::from_utf8(out).map_err(|_| "a name that is not UTF-8".to_string())
+}
+
+/// `name`, cut to at most [`MAX_NAME`] bytes at a character boundary.
+fn cut_name(name: &str) -> &str {
+    if name.len() <= MAX_NAME {
+        return name;
+    }
+    let mut end = MAX_NAME;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
 }
 
 fn parse(bytes: &[u8]) -> Result<Exported, String> {
@@ -705,6 +732,30 @@ mod tests {
         assert!(start_time(me).is_some());
         assert_eq!(start_time(me), start_time(me));
         assert_eq!(start_time(u32::MAX), None);
+    }
+
+    /// Whatever the registry holds, the file written is one the reader
+    /// accepts: long names cut, counters past the limits left out.
+    #[test]
+    fn what_is_encoded_parses_whatever_the_names_and_counts() {
+        let long = "é".repeat(2_000) + "x"; // 4,001 bytes, cut inside no character
+        let mut events = vec![Event::new("g", long.as_str(), Kind::Misc, 1)];
+        events.extend((0..MAX_EVENTS).map(|i| Event::new("many", format!("c{i}"), Kind::Misc, 2)));
+        let snapshot = Snapshot::new(UNIX_EPOCH + Duration::from_secs(5), events);
+        let e = Exported::new(1, 2, Duration::from_secs(1), snapshot);
+        let parsed = Exported::parse(&e.encode()).expect("the encoding parses");
+        assert_eq!(parsed.snapshot.events.len(), MAX_EVENTS);
+        let cut = parsed.snapshot.events.iter().find(|e| e.group == "g").unwrap();
+        assert_eq!(cut.name, "é".repeat(MAX_NAME / 2));
+        // Names so long that the file would pass 16 MiB: cut off there.
+        let huge = "%".repeat(MAX_NAME); // 3 bytes a character encoded
+        let events =
+            (0..10_000).map(|i| Event::new(huge.as_str(), format!("{i}{huge}"), Kind::Misc, 3));
+        let snapshot = Snapshot::new(UNIX_EPOCH, events.collect());
+        let bytes = Exported::new(1, 2, Duration::from_secs(1), snapshot).encode();
+        assert!(bytes.len() as u64 <= MAX_FILE);
+        let parsed = Exported::parse(&bytes).expect("the encoding parses");
+        assert!((2_000..10_000).contains(&parsed.snapshot.events.len()));
     }
 
     #[test]
