@@ -63,7 +63,8 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(e)) => {
-            let usage = USAGE.lines().next().unwrap_or_default();
+            // Both forms, bench and stat: the mistake may be in either.
+            let usage = USAGE.lines().take(2).collect::<Vec<_>>().join("\n");
             eprintln!("cpulocal: error: {e}\n{usage}\nTry 'cpulocal --help' for more information.");
             ExitCode::from(2)
         }

@@ -152,6 +152,8 @@ fn usage_errors_and_unexported_processes() {
     assert!(text(&out.stderr).contains("PID"));
     let out = cpulocal(&["stat", "1", "--interval", "-3"]);
     assert_eq!(out.status.code(), Some(2));
+    // The usage shown with a mistake in `stat` is stat's too.
+    assert!(text(&out.stderr).contains("cpulocal stat PID"), "{}", text(&out.stderr));
     // This test process exports nothing.
     let me = std::process::id().to_string();
     let out = cpulocal(&["stat", &me, "--once"]);
