@@ -52,20 +52,35 @@ fn metrics_endpoint_serves_the_registry() {
     assert!(closed, "still listening after drop");
 }
 
+/// The process has one global recorder: the tests that need it install
+/// it through this, whichever runs first.
 #[cfg(feature = "metrics")]
-#[test]
-fn an_installed_recorder_is_served_too() {
-    let recorder = cpulocal::evcnt::Recorder::new().install().unwrap();
-    metrics::counter!("jobs_total", "queue" => "mail").increment(4);
-    let server = evcnt::serve("127.0.0.1:0").unwrap();
-    let body = ureq::get(&format!("http://{}/metrics", server.local_addr()))
+fn install_recorder() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        cpulocal::evcnt::Recorder::new().install().unwrap();
+    });
+}
+
+/// What `server` serves at `/metrics`.
+#[cfg(feature = "metrics")]
+fn served(server: &evcnt::Server) -> String {
+    ureq::get(&format!("http://{}/metrics", server.local_addr()))
         .call()
         .unwrap()
         .into_string()
-        .unwrap();
+        .unwrap()
+}
+
+#[cfg(feature = "metrics")]
+#[test]
+fn an_installed_recorder_is_served_too() {
+    install_recorder();
+    metrics::counter!("jobs_total", "queue" => "mail").increment(4);
+    let server = evcnt::serve("127.0.0.1:0").unwrap();
+    let body = served(&server);
     assert!(body.contains("jobs_total{queue=\"mail\"} 4\n"), "{body}");
     assert!(cpulocal::evcnt::Recorder::new().install().is_err(), "installed twice");
-    let _ = recorder;
 }
 
 /// The event counters' text and the recorder's, served as one, are one
@@ -76,18 +91,12 @@ fn an_installed_recorder_is_served_too() {
 fn the_served_text_is_valid_whatever_the_recorder_holds() {
     static MIXED: EventCounter = EventCounter::new("http-mixed", "served");
     MIXED.add(3);
-    // One global recorder per process: `an_installed_recorder_is_served_too`
-    // may have installed it already.
-    let _ = cpulocal::evcnt::Recorder::new().install();
+    install_recorder();
     metrics::counter!(evcnt::PROMETHEUS_FAMILY, "group" => "http-mixed").increment(5);
     metrics::gauge!(evcnt::PROMETHEUS_FAMILY).set(1.0);
     metrics::histogram!("evcnt").record(1.0);
     let server = evcnt::serve("127.0.0.1:0").unwrap();
-    let body = ureq::get(&format!("http://{}/metrics", server.local_addr()))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let body = served(&server);
     let lines = strict(&body);
     let family = |name: &str, group: &str| {
         lines
