@@ -36,7 +36,7 @@
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::arena::Arena;
 use crate::cpu;
@@ -82,24 +82,20 @@ static REGIONS: OnceLock<Regions> = OnceLock::new();
 /// How long a refused reservation is remembered (module docs).
 pub(crate) const RESERVE_RETRY: Duration = Duration::from_millis(100);
 
-/// Nanoseconds since the first look, on a monotonic clock.
-fn now_ns() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Until when (in [`now_ns`]) the last refusal of the regions stands; 0:
-/// none.
+/// Until when (in [`sys::monotonic_ns`]) the last refusal of the regions
+/// stands; 0: none.
 static REFUSED_UNTIL: AtomicU64 = AtomicU64::new(0);
 
-/// Whether the regions do not exist and the system's refusal to reserve
-/// them stands: an allocation now would fail at once (a clock read).
-pub(crate) fn refusal_stands() -> bool {
-    if REGIONS.get().is_some() {
-        return false;
-    }
+/// Whether the last refusal to reserve the regions stands (a clock read).
+fn refused_now() -> bool {
     let until = REFUSED_UNTIL.load(Ordering::Acquire);
-    until != 0 && now_ns() < until
+    until != 0 && sys::monotonic_ns() < until
+}
+
+/// Whether the regions do not exist and the system's refusal to reserve
+/// them stands: an allocation now would fail at once.
+pub(crate) fn refusal_stands() -> bool {
+    REGIONS.get().is_none() && refused_now()
 }
 
 fn regions() -> Result<&'static Regions, AllocError> {
@@ -108,12 +104,10 @@ fn regions() -> Result<&'static Regions, AllocError> {
     /// allocation meanwhile: shared, they do not queue).
     static REFUSAL: RwLock<Option<AllocError>> = RwLock::new(None);
     let standing = || {
-        let until = REFUSED_UNTIL.load(Ordering::Acquire);
-        if until == 0 || now_ns() >= until {
-            return None;
-        }
-        let refusal = REFUSAL.read().unwrap_or_else(PoisonError::into_inner);
-        Some(refusal.clone().unwrap_or_else(|| AllocError::System("address space refused".into())))
+        refused_now().then(|| {
+            let refusal = REFUSAL.read().unwrap_or_else(PoisonError::into_inner);
+            refusal.clone().unwrap_or_else(|| AllocError::System("address space refused".into()))
+        })
     };
     if let Some(regions) = REGIONS.get() {
         return Ok(regions);
@@ -134,7 +128,8 @@ fn regions() -> Result<&'static Regions, AllocError> {
         Err(e) => {
             *REFUSAL.write().unwrap_or_else(PoisonError::into_inner) = Some(e.clone());
             let retry = u64::try_from(RESERVE_RETRY.as_nanos()).unwrap_or(u64::MAX);
-            REFUSED_UNTIL.store(now_ns().saturating_add(retry).max(1), Ordering::Release);
+            REFUSED_UNTIL
+                .store(sys::monotonic_ns().saturating_add(retry).max(1), Ordering::Release);
             return Err(e);
         }
     };

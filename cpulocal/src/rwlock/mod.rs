@@ -30,7 +30,6 @@ use std::ptr::NonNull;
 use std::sync;
 use std::sync::atomic::{compiler_fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
-use std::time::Instant;
 
 use crate::cpu::{self, Place};
 use crate::percpu::{AllocError, LazyPercpu};
@@ -349,9 +348,7 @@ impl Env for Cpus {
     }
 
     fn now(&self) -> u64 {
-        static EPOCH: OnceLock<Instant> = OnceLock::new();
-        let nanos = EPOCH.get_or_init(Instant::now).elapsed().as_nanos();
-        u64::try_from(nanos).unwrap_or(u64::MAX)
+        sys::monotonic_ns()
     }
 
     #[inline]

@@ -56,3 +56,11 @@ pub(crate) fn set_unit_shift(shift: u32) {
     debug_assert!((MIN_UNIT_SHIFT..=MAX_UNIT_SHIFT).contains(&shift));
     CURRENT_UNIT_SHIFT.store(shift, Ordering::Relaxed);
 }
+
+/// Nanoseconds on a monotonic clock since the process first asked: the
+/// clock of the lock's windows and of the regions' remembered refusal.
+pub(crate) fn monotonic_ns() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    u64::try_from(EPOCH.get_or_init(std::time::Instant::now).elapsed().as_nanos())
+        .unwrap_or(u64::MAX)
+}
